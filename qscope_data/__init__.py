@@ -1,0 +1,1 @@
+"""qscope-data: SAE-feature data curation."""

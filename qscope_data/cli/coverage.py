@@ -1,0 +1,7 @@
+"""CLI: coverage commands (not wired yet)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI: curate commands (not wired yet)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI: demo commands (not wired yet)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI: sasft commands (not wired yet)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
