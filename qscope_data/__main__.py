@@ -1,0 +1,3 @@
+from qscope_data.cli import main
+
+main()
