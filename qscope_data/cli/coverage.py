@@ -1,7 +1,127 @@
-"""CLI: coverage commands (not wired yet)."""
+"""CLI: `qscope features select` (the safety-feature inventory), `qscope gaps` and `qscope overlap`."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from qscope_data.errors import UsageError
+
+features_app = typer.Typer(help="Choose SAE features that stand for concepts (the safety inventory).", no_args_is_help=True)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items
+
+
+@features_app.command("select")
+def select(
+    features: Path | None = typer.Option(None, "--features", help="Labelled reference store (e.g. harmful prompts by harm type beside benign ones)."),
+    label_field: str = typer.Option("category", "--label-field", help="Pass-through column holding each document's category."),
+    negative: str = typer.Option("benign", "--negative", help="The category the others are contrasted with."),
+    top: int = typer.Option(20, "--top", help="Features kept per category."),
+    min_support: int = typer.Option(1, "--min-support", help="A feature must fire on at least this many documents of the category."),
+    labels: Path | None = typer.Option(None, "--labels", help="Label file (CSV/JSONL/Parquet: id, label, description, safety score) to merge in, or to use alone."),
+    min_safety_score: float | None = typer.Option(None, "--min-safety-score", help="Keep only features whose label-file safety score reaches this."),
+    layer: int | None = typer.Option(None, "--layer", help="SAE layer of the store (default: its first)."),
+    examples: int = typer.Option(5, "--examples", help="Example doc_ids kept per feature."),
+    out: Path = typer.Option(..., "--out", help="Inventory YAML to write."),
+) -> None:
+    """Rank features per category by firing-rate gap Δ against the negative class and write the inventory YAML."""
+    from qscope_data.coverage.inventory import inventory_from_labels, load_labels, merge_labels, save_inventory, select_features
+    from qscope_data.store import FeatureStore
+
+    if features is None and labels is None:
+        raise UsageError("features select: give --features REF_STORE, --labels FILE, or both")
+    label_table = load_labels(labels) if labels is not None else None
+    if features is not None:
+        inventory = select_features(
+            FeatureStore(features), label_field=label_field, negative=negative, top=top, min_support=min_support,
+            layer=layer, n_examples=examples,
+        )
+        if label_table is not None:
+            inventory = merge_labels(inventory, label_table, path=labels, min_safety_score=min_safety_score)
+    else:
+        inventory = inventory_from_labels(label_table, path=labels, min_safety_score=min_safety_score, layer=layer)
+    save_inventory(inventory, out)
+    counts: dict[str, int] = {}
+    for feat in inventory.features:
+        counts[feat.category] = counts.get(feat.category, 0) + 1
+    summary = ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) or "none"
+    print(f"wrote {out}: {len(inventory.features)} feature(s) ({summary})")
+
+
+def gaps(
+    inventory: Path = typer.Option(..., "--inventory", help="Inventory YAML from `qscope features select`."),
+    target: list[Path] = typer.Option(..., "--target", help="Target store; repeat to pool several."),
+    reference: Path | None = typer.Option(None, "--reference", help="Store to take gap examples from (default: the inventory's)."),
+    by: str | None = typer.Option(None, "--by", help="Comma-separated document fields to break coverage down by (default: lang if present)."),
+    min_docs: int = typer.Option(1, "--min-docs", help="A feature is covered when it fires on at least this many target documents."),
+    layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the inventory's)."),
+    examples: int = typer.Option(3, "--examples", help="Reference texts per gap."),
+    out: Path = typer.Option(..., "--out", help="Report folder: gaps.json, report.md, report.html."),
+) -> None:
+    """Which inventory features the target never fires, per category and language: gaps.json + report.md/html."""
+    from rich.console import Console
+
+    from qscope_data.coverage.gaps import compute_gaps
+    from qscope_data.coverage.inventory import load_inventory
+    from qscope_data.coverage.report import write_gap_report
+    from qscope_data.store import FeatureStore
+
+    inv = load_inventory(inventory)
+    stores = [FeatureStore(t) for t in target]
+    ref = FeatureStore(reference) if reference is not None else None
+    console = Console(stderr=True)
+    with console.status(f"coverage of {len(inv.features)} features over {len(stores)} target store(s)…"):
+        report = compute_gaps(inv, stores, reference=ref, by=_split(by), min_docs=min_docs, layer=layer, n_examples=examples)
+        paths = write_gap_report(report, out)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    overall = report.coverage["overall"]
+    frac = "–" if overall["fraction"] is None else f"{100 * overall['fraction']:.1f}%"
+    print(f"coverage {overall['covered']}/{overall['total']} ({frac}), {len(report.gaps)} gap(s); wrote {paths['gaps.json']}, "
+          f"{paths['report.md'].name}, {paths['report.html'].name}")
+    for g in report.gaps[:5]:
+        print(f"  gap feature {g.feature} [{g.category}] delta={g.delta} {g.label or ''}".rstrip())
+
+
+def overlap(
+    stores: list[Path] = typer.Argument(..., help="Feature stores to compare (same SAE)."),
+    names: str | None = typer.Option(None, "--names", help="Comma-separated dataset names (default: folder names)."),
+    last_token: bool = typer.Option(False, "--last-token", help="Footprint from each document's last token (needs token-level stores)."),
+    subsets: int = typer.Option(20, "--subsets", help="Random document orderings averaged for each coverage curve."),
+    seed: int = typer.Option(0, "--seed"),
+    layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: each store's first)."),
+    out: Path = typer.Option(..., "--out", help="Folder for overlap.json, overlap.html and PNGs."),
+) -> None:
+    """Footprints, the asymmetric overlap matrix and each store's redundancy score."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from qscope_data.coverage.overlap import analyse_overlap
+    from qscope_data.coverage.report import write_overlap_report
+    from qscope_data.store import FeatureStore
+
+    opened = [FeatureStore(s) for s in stores]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("footprints", total=len(opened))
+        result = analyse_overlap(
+            opened, names=_split(names), layer=layer, last_token=last_token, subsets=subsets, seed=seed,
+            on_store=lambda name: progress.update(task, advance=1, description=f"footprint {name}"),
+        )
+    paths = write_overlap_report(result, out)
+    width = max(len(n) for n in result.names)
+    for name, fp, r in zip(result.names, result.footprints, result.redundancy):
+        print(f"{name:<{width}}  docs {fp.n_docs:>7}  |F| {fp.size:>6}  R {'–' if r is None else f'{r:.3f}'}")
+    print(f"wrote {paths['overlap.json']}, {paths['overlap.html'].name}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(features_app, name="features")
+    app.command("gaps")(gaps)
+    app.command("overlap")(overlap)

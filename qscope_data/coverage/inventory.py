@@ -1,0 +1,318 @@
+"""The safety-feature inventory: which SAE features stand for which safety concept.
+
+Coverage is only meaningful against a fixed list of concepts. The list comes from a labelled reference store
+(per category, the features whose firing rate most exceeds the negative class's: Δ_f = P(f fires | category) −
+P(f fires | negative), "fires" = active at any aggregated position of the document), from a label file produced
+elsewhere (auto-interpretation: id, label, description, safety score), or both merged. It is written as YAML so a
+person can read and edit it, with the provenance (store manifest hash, SAE) that lets `gaps` refuse a mismatch.
+
+Each feature belongs to exactly one category (the one where its Δ is largest), so per-category counts add up to
+the inventory's total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from qscope_data import atomic
+from qscope_data.errors import DataError, UsageError
+from qscope_data.store import FeatureStore
+
+INVENTORY_VERSION = 1
+UNLABELLED = "unlabelled"
+
+# Accepted spellings of the label file's columns, after lower-casing and turning spaces / dashes into underscores.
+_LABEL_COLUMN_ALIASES = {
+    "id": ("id", "feature", "feature_id", "index"),
+    "label": ("label", "name", "concept"),
+    "description": ("description", "explanation", "desc"),
+    "safety_score": ("safety_score", "score", "safety", "explanation_score"),
+}
+
+
+class InventoryFeature(BaseModel):
+    id: int = Field(ge=0)
+    category: str
+    delta: float | None = None  # firing-rate gap vs the negative class (None for label-file-only features)
+    support: int | None = None  # category documents where the feature fires
+    rate: float | None = None  # P(fires | category)
+    rate_negative: float | None = None  # P(fires | negative)
+    examples: list[str] = Field(default_factory=list)  # reference-store doc_ids, top by activation
+    label: str | None = None
+    description: str | None = None
+    safety_score: float | None = None
+
+
+class Provenance(BaseModel):
+    source: Literal["store", "labels", "store+labels"]
+    store: str | None = None  # absolute path of the reference store (gaps reads examples from it)
+    store_manifest: str | None = None  # sha256 of its manifest.json
+    label_field: str | None = None
+    negative: str | None = None
+    layer: int | None = None
+    sae: dict[str, Any] = Field(default_factory=dict)  # source, format, layer, d_sae, k, d_model of the store's SAE
+    documents: dict[str, int] = Field(default_factory=dict)  # reference documents per category
+    top: int | None = None
+    min_support: int | None = None
+    labels_file: str | None = None
+    labels_sha256: str | None = None
+    min_safety_score: float | None = None
+
+
+class Inventory(BaseModel):
+    version: int = INVENTORY_VERSION
+    provenance: Provenance
+    features: list[InventoryFeature]
+
+    def categories(self) -> list[str]:
+        return sorted({f.category for f in self.features})
+
+    def ids(self) -> list[int]:
+        return [f.id for f in self.features]
+
+    def digest(self) -> str:
+        """Content hash (canonical JSON), stable across YAML formatting: what gap reports cite."""
+        return atomic.sha256_bytes(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode("utf-8"))
+
+    @property
+    def d_sae(self) -> int | None:
+        value = self.provenance.sae.get("d_sae")
+        return int(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------------------------------- selection from a store
+
+
+def select_features(
+    store: FeatureStore,
+    *,
+    label_field: str = "category",
+    negative: str = "benign",
+    top: int = 20,
+    min_support: int = 1,
+    layer: int | None = None,
+    n_examples: int = 5,
+) -> Inventory:
+    """Rank features per non-negative category by Δ against the negative class; keep the top `top` per category.
+
+    A feature qualifies for a category when Δ > 0 and it fires on at least `min_support` of that category's documents;
+    it is then assigned to the single category where its Δ is largest (ties: category name), and the `top` best per
+    category (Δ desc, support desc, id asc) are kept. Documents whose label is null are ignored."""
+    if top < 1:
+        raise UsageError(f"--top must be ≥ 1 (got {top})")
+    if min_support < 1:
+        raise UsageError(f"--min-support must be ≥ 1 (got {min_support})")
+    layer = store.resolve_layer(layer)
+    columns = store.columns(layer)
+    if label_field not in columns:
+        extra = ", ".join(store.passthrough_columns(layer)) or "none"
+        raise DataError(f"{store.root}: no column {label_field!r} to label documents by (pass-through columns: {extra})")
+    try:
+        docs = (
+            store.scan(layer, ["doc_id", label_field, "feature_ids", "max_acts"])
+            .select("doc_id", pl.col(label_field).cast(pl.String).alias("_cat"), "feature_ids", "max_acts")
+            .filter(pl.col("_cat").is_not_null())
+        )
+        sizes = docs.group_by("_cat").agg(pl.len().alias("n")).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{store.root}: column {label_field!r} cannot be read as a category: {str(exc).splitlines()[0]}") from exc
+    n_docs = {row["_cat"]: int(row["n"]) for row in sizes.iter_rows(named=True)}
+    if negative not in n_docs:
+        raise DataError(f"{store.root}: no document has {label_field} == {negative!r} (values: {', '.join(sorted(n_docs)) or 'none'})")
+    if len(n_docs) < 2:
+        raise DataError(f"{store.root}: {label_field} has only the negative class {negative!r}; nothing to contrast")
+
+    pairs = docs.explode(["feature_ids", "max_acts"]).drop_nulls("feature_ids").rename({"feature_ids": "feature"})
+    counts = pairs.group_by("_cat", "feature").agg(pl.len().alias("support")).collect()
+    sizes_df = pl.DataFrame({"_cat": list(n_docs), "n": list(n_docs.values())}, schema={"_cat": pl.String, "n": pl.Int64})
+    neg = (
+        counts.filter(pl.col("_cat") == negative)
+        .select("feature", (pl.col("support") / n_docs[negative]).alias("rate_negative"))
+    )
+    scored = (
+        counts.filter(pl.col("_cat") != negative)
+        .join(sizes_df, on="_cat")
+        .join(neg, on="feature", how="left")
+        .with_columns(pl.col("rate_negative").fill_null(0.0), (pl.col("support") / pl.col("n")).alias("rate"))
+        .with_columns((pl.col("rate") - pl.col("rate_negative")).alias("delta"))
+        .filter((pl.col("delta") > 0) & (pl.col("support") >= min_support))
+    )
+    # one category per feature: the largest Δ wins
+    best = (
+        scored.sort(["feature", "delta", "_cat"], descending=[False, True, False])
+        .group_by("feature", maintain_order=True)
+        .first()
+    )
+    chosen = (
+        best.sort(["_cat", "delta", "support", "feature"], descending=[False, True, True, False])
+        .group_by("_cat", maintain_order=True)
+        .head(top)
+    )
+    examples = (
+        pairs.join(chosen.lazy().select("_cat", "feature"), on=["_cat", "feature"])
+        .group_by("_cat", "feature")
+        .agg(pl.col("doc_id").sort_by(["max_acts", "doc_id"], descending=[True, False]).head(n_examples).alias("examples"))
+        .collect()
+    )
+    ex_map = {(r["_cat"], r["feature"]): r["examples"] for r in examples.iter_rows(named=True)}
+    features = [
+        InventoryFeature(
+            id=int(r["feature"]), category=r["_cat"], delta=round(float(r["delta"]), 6), support=int(r["support"]),
+            rate=round(float(r["rate"]), 6), rate_negative=round(float(r["rate_negative"]), 6),
+            examples=list(ex_map.get((r["_cat"], r["feature"]), [])),
+        )
+        for r in chosen.iter_rows(named=True)
+    ]
+    sae = store.manifest.sae(layer)
+    provenance = Provenance(
+        source="store", store=str(store.root.resolve()), store_manifest=store.manifest_hash(), label_field=label_field,
+        negative=negative, layer=layer, sae=sae.model_dump(), documents=dict(sorted(n_docs.items())), top=top,
+        min_support=min_support,
+    )
+    return Inventory(provenance=provenance, features=features)
+
+
+# ------------------------------------------------------------------------------------------------------- label files
+
+
+def load_labels(path: str | Path) -> pl.DataFrame:
+    """Read a label file (CSV, JSONL or Parquet) into columns id, label, description, safety_score (missing → null)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"label file {path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            raw = pl.read_csv(path, infer_schema_length=None)
+        elif suffix in (".jsonl", ".ndjson"):
+            raw = pl.read_ndjson(path)
+        elif suffix == ".parquet":
+            raw = pl.read_parquet(path)
+        else:
+            raise UsageError(f"label file {path}: unknown format {suffix!r} (use .csv, .jsonl or .parquet)")
+    except pl.exceptions.PolarsError as exc:
+        raise UsageError(f"label file {path}: cannot be read: {str(exc).splitlines()[0]}") from exc
+    normal = {c: c.strip().lower().replace(" ", "_").replace("-", "_") for c in raw.columns}
+    picked: dict[str, str] = {}
+    for canonical, aliases in _LABEL_COLUMN_ALIASES.items():
+        for original, norm in normal.items():
+            if norm in aliases and canonical not in picked:
+                picked[canonical] = original
+    if "id" not in picked:
+        raise UsageError(f"label file {path}: no id column (columns: {', '.join(raw.columns)})")
+    if len(picked) == 1:
+        raise UsageError(f"label file {path}: needs a label, description or safety score column besides id")
+    out: dict[str, pl.Series] = {}
+    for canonical, dtype in (("id", pl.Int64), ("label", pl.String), ("description", pl.String), ("safety_score", pl.Float64)):
+        if canonical not in picked:
+            out[canonical] = pl.Series(canonical, [None] * raw.height, dtype=dtype)
+            continue
+        column = raw[picked[canonical]]
+        try:
+            out[canonical] = column.cast(dtype, strict=True).alias(canonical)
+        except pl.exceptions.PolarsError:
+            bad = next((i for i, v in enumerate(column.cast(dtype, strict=False).to_list()) if v is None and column[i] is not None), 0)
+            raise UsageError(f"label file {path}: row {bad + 1}: {picked[canonical]}={column[bad]!r} is not a {dtype}") from None
+    labels = pl.DataFrame(out)
+    if labels["id"].null_count():
+        row = labels["id"].is_null().arg_true()[0]
+        raise UsageError(f"label file {path}: row {row + 1}: empty id")
+    if (labels["id"] < 0).any():
+        row = (labels["id"] < 0).arg_true()[0]
+        raise UsageError(f"label file {path}: row {row + 1}: negative feature id {labels['id'][row]}")
+    dup = labels["id"].is_duplicated()
+    if dup.any():
+        row = dup.arg_true()[1] if dup.sum() > 1 else dup.arg_true()[0]
+        raise UsageError(f"label file {path}: row {row + 1}: feature id {labels['id'][row]} appears more than once")
+    return labels
+
+
+def merge_labels(inventory: Inventory, labels: pl.DataFrame, *, path: str | Path, min_safety_score: float | None = None) -> Inventory:
+    """Attach label / description / safety score to the inventory's features; with `min_safety_score`, keep only
+    features whose score reaches it (a feature absent from the label file has no score and is dropped)."""
+    by_id = {int(r["id"]): r for r in labels.iter_rows(named=True)}
+    features = []
+    for feat in inventory.features:
+        row = by_id.get(feat.id)
+        if row is not None:
+            feat = feat.model_copy(update={k: row[k] for k in ("label", "description", "safety_score") if row[k] is not None})
+        if min_safety_score is not None and (feat.safety_score is None or feat.safety_score < min_safety_score):
+            continue
+        features.append(feat)
+    provenance = inventory.provenance.model_copy(update={
+        "source": "store+labels", "labels_file": str(Path(path).resolve()), "labels_sha256": atomic.sha256_file(path),
+        "min_safety_score": min_safety_score,
+    })
+    return Inventory(provenance=provenance, features=features)
+
+
+def inventory_from_labels(
+    labels: pl.DataFrame, *, path: str | Path, min_safety_score: float | None = None, layer: int | None = None,
+    sae: dict[str, Any] | None = None,
+) -> Inventory:
+    """An inventory from a label file alone: the features scoring ≥ `min_safety_score` (all rows when None);
+    a feature's category is its label (`unlabelled` when empty)."""
+    rows = labels
+    if min_safety_score is not None:
+        rows = rows.filter(pl.col("safety_score").is_not_null() & (pl.col("safety_score") >= min_safety_score))
+    rows = rows.sort(["safety_score", "id"], descending=[True, False], nulls_last=True)
+    features = [
+        InventoryFeature(
+            id=int(r["id"]), category=(r["label"] or UNLABELLED), label=r["label"], description=r["description"],
+            safety_score=r["safety_score"],
+        )
+        for r in rows.iter_rows(named=True)
+    ]
+    info = dict(sae or {})
+    if layer is not None:
+        info.setdefault("layer", layer)
+    provenance = Provenance(
+        source="labels", layer=layer, sae=info, labels_file=str(Path(path).resolve()),
+        labels_sha256=atomic.sha256_file(path), min_safety_score=min_safety_score,
+    )
+    return Inventory(provenance=provenance, features=features)
+
+
+# ------------------------------------------------------------------------------------------------------------ files
+
+
+def save_inventory(inventory: Inventory, path: str | Path) -> None:
+    data = inventory.model_dump(mode="json")
+    data["features"] = [{k: v for k, v in f.items() if v is not None} for f in data["features"]]
+    atomic.write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120))
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"inventory {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UsageError(f"inventory {path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict) or "features" not in data:
+        raise UsageError(f"inventory {path}: expected a mapping with a 'features' list")
+    data.setdefault("provenance", {"source": "labels"})
+    try:
+        inventory = Inventory.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"inventory {path}: {where}: {err['msg']}") from None
+    if inventory.version > INVENTORY_VERSION:
+        raise UsageError(f"inventory {path}: version {inventory.version} is newer than this qscope ({INVENTORY_VERSION})")
+    seen: set[int] = set()
+    for i, feat in enumerate(inventory.features):
+        if feat.id in seen:
+            raise UsageError(f"inventory {path}: features[{i}]: feature {feat.id} is listed twice")
+        if feat.delta is not None and not math.isfinite(feat.delta):
+            raise UsageError(f"inventory {path}: features[{i}]: delta is not finite")
+        seen.add(feat.id)
+    return inventory
