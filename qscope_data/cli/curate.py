@@ -1,7 +1,79 @@
-"""CLI: curate commands (not wired yet)."""
+"""CLI: `qscope curate` (SFT shards with provenance) and `qscope manifest verify` — parse, call qscope_data.curate, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+manifest_app = typer.Typer(help="Check a curated dataset against its manifest.json.", no_args_is_help=True)
+
+
+def curate(
+    inputs: list[str] = typer.Option(..., "--input", help="Corpus the store was encoded from (JSONL / Parquet / glob / folder / dataset); repeat for several."),
+    features: Path = typer.Option(..., "--features", help="Feature store of that corpus (from `qscope encode`)."),
+    scores: Path | None = typer.Option(None, "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
+    synth: list[Path] = typer.Option([], "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
+    out: Path = typer.Option(..., "--out", help="Output folder: data/, removed.parquet, manifest.json, README.md."),
+    fmt: str = typer.Option("messages", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
+    text_role: str | None = typer.Option(None, "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
+    text_prompt: str | None = typer.Option(None, "--text-prompt", help="User turn put before each plain text (required for prompt-completion)."),
+    quota: list[str] = typer.Option([], "--quota", help="FIELD=VALUE:N[,VALUE:N…] (lang, category, source): keep the first N; repeatable."),
+    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Remove exact and near duplicates (on by default)."),
+    near_dup_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="Word-5-gram Jaccard at or above which two documents are near duplicates."),
+    quarantine: bool = typer.Option(False, "--quarantine", help="Route flagged rows to quarantine/ shards instead of train."),
+    max_shard_rows: int = typer.Option(100_000, "--max-shard-rows", help="Rows per shard at most."),
+    max_shard_bytes: int = typer.Option(256 * 1024 * 1024, "--max-shard-bytes", help="Uncompressed (JSON) bytes per shard at most."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Also write each shard as JSONL beside the Parquet file."),
+    license_: str = typer.Option("other", "--license", help="Licence field of the dataset card."),
+    name: str | None = typer.Option(None, "--name", help="Dataset name on the card (default: the folder name)."),
+    text_field: str | None = typer.Option(None, "--text-field", help="Text field (default: the store's encode setting)."),
+    id_field: str | None = typer.Option(None, "--id-field", help="Id field (default: the store's encode setting)."),
+    split: str | None = typer.Option(None, "--split", help="Split of a Hugging Face dataset input."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a curated dataset already in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Curated SFT shards: drop rule hits, keep flagged rows with their flags, dedup, quotas, synthetic mix-in."""
+    from pydantic import ValidationError
+
+    from qscope_data.curate.curate import CurateOptions, curate as run_curate
+    from qscope_data.errors import UsageError
+
+    try:
+        options = CurateOptions(
+            inputs=inputs, features=str(features), scores=str(scores) if scores else None, synth=[str(s) for s in synth],
+            out=str(out), format=fmt, text_role=text_role, text_prompt=text_prompt, quotas=quota, dedup=dedup,
+            near_dup_threshold=near_dup_threshold, quarantine=quarantine, max_shard_rows=max_shard_rows,
+            max_shard_bytes=max_shard_bytes, jsonl=jsonl, license=license_, name=name, text_field=text_field,
+            id_field=id_field, split=split, overwrite=overwrite,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    result = run_curate(options, progress=progress)
+    c = result.manifest.counts
+    shards = [e for e in result.manifest.shards if e.name.endswith(".parquet")]
+    print(f"curated {c['input_records']:,} input + {c['synthetic_records']:,} synthetic records in {result.seconds:.1f}s → {out}")
+    print(f"  kept {c['kept']:,} ({c['kept_synthetic']:,} synthetic) in {sum(e.split == 'train' for e in shards)} shard(s); "
+          f"quarantined {c['quarantined']:,}; removed {c['removed']:,}")
+    for reason, n in c["removed_by_reason"].items():
+        print(f"  removed {reason:<36} {n:>8,}")
+
+
+@manifest_app.command("verify")
+def verify(out: Path = typer.Argument(..., help="Curated dataset folder (from `qscope curate`).")) -> None:
+    """Recompute every listed file's sha256, size and row count; exit 1 on any mismatch."""
+    from qscope_data.curate.manifest import load_manifest, verify as verify_dataset
+
+    problems = verify_dataset(out)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{out}: {len(problems)} problem(s)")
+        raise typer.Exit(1)
+    print(f"{out}: OK ({len(load_manifest(out).files())} files match manifest.json)")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("curate")(curate)
+    app.add_typer(manifest_app, name="manifest")

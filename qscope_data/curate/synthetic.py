@@ -1,0 +1,129 @@
+"""Reading accepted synthetic samples (the synthesis stage's output folder) for mixing into a curated dataset.
+
+``DIR/accepted.jsonl`` (or ``accepted.parquet``): one sample a line with ``id`` (its doc_id), ``messages`` (ending
+in an assistant turn), ``target_feature``, ``category``, ``lang``, ``generator``, ``attempts``, ``activation``,
+``verified`` (what the verification encode read: ``prompt`` or ``conversation``), ``variant``, ``label``,
+``threshold`` — the schema `qscope synth` writes (qscope_data/synth/synthesize.py). ``DIR/summary.json`` is optional;
+its sha256 goes into the curated manifest. A sample that is not usable (bad JSON, no id, malformed messages,
+``verified`` false) is removed with a reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qscope_data import atomic
+from qscope_data.errors import DataError
+from qscope_data.inputs import ROLES
+
+ACCEPTED = ("accepted.jsonl", "accepted.parquet")
+SUMMARY = "summary.json"
+META = ("target_feature", "label", "attempts", "activation", "threshold", "verified", "variant")
+
+
+@dataclass
+class SyntheticSample:
+    doc_id: str
+    messages: list[dict]
+    file: str
+    line: int
+    lang: str | None = None
+    category: str | None = None
+    generator: str = "unknown"
+    meta: dict[str, Any] = field(default_factory=dict)  # target_feature, label, attempts, activation, threshold, …
+
+    @property
+    def source(self) -> str:
+        return f"synthetic:{self.generator}"
+
+
+@dataclass
+class SyntheticReject:
+    file: str
+    line: int
+    reason: str  # malformed | unverified
+    detail: str
+    doc_id: str | None = None
+    lang: str | None = None
+    generator: str | None = None
+
+
+@dataclass
+class SyntheticSet:
+    path: Path
+    accepted: Path
+    samples: list[SyntheticSample]
+    rejects: list[SyntheticReject]
+    accepted_sha256: str
+    summary_sha256: str | None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "messages is not a non-empty list"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"messages[{i}] needs a role in {sorted(ROLES)} and string content"
+    if messages[-1]["role"] != "assistant":
+        return "messages do not end in an assistant turn"
+    return None
+
+
+def _rows(path: Path):
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+        yield from enumerate(table.to_pylist(), start=1)
+        return
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                yield line_no, f"malformed JSON ({exc})"
+                continue
+            yield line_no, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+
+
+def load_synthetic(folder: str | Path) -> SyntheticSet:
+    folder = Path(folder)
+    accepted = next((folder / name for name in ACCEPTED if (folder / name).is_file()), None)
+    if accepted is None:
+        raise DataError(f"--synth {folder}: no {' or '.join(ACCEPTED)} (expected the output folder of `qscope synth`)")
+    samples: list[SyntheticSample] = []
+    rejects: list[SyntheticReject] = []
+    for line, obj in _rows(accepted):
+        if isinstance(obj, str):
+            rejects.append(SyntheticReject(str(accepted), line, "malformed", obj))
+            continue
+        doc_id, lang, gen = _str_or_none(obj.get("id")), _str_or_none(obj.get("lang")), _str_or_none(obj.get("generator"))
+        problem = "no id" if doc_id is None else _messages_problem(obj.get("messages"))
+        if problem:
+            rejects.append(SyntheticReject(str(accepted), line, "malformed", problem, doc_id, lang, gen))
+            continue
+        if obj.get("verified") is False or str(obj.get("verified")).lower() == "false":
+            rejects.append(SyntheticReject(str(accepted), line, "unverified", "verified is false", doc_id, lang, gen))
+            continue
+        samples.append(SyntheticSample(
+            doc_id=doc_id, messages=obj["messages"], file=str(accepted), line=line, lang=lang,
+            category=_str_or_none(obj.get("category")), generator=gen or "unknown",
+            meta={k: obj.get(k) for k in META}, 
+        ))
+    summary = folder / SUMMARY
+    return SyntheticSet(
+        path=folder, accepted=accepted, samples=samples, rejects=rejects, accepted_sha256=atomic.sha256_file(accepted),
+        summary_sha256=atomic.sha256_file(summary) if summary.is_file() else None,
+    )
