@@ -1,7 +1,135 @@
-"""CLI: synth commands (not wired yet)."""
+"""CLI: `qscope synth` (feature-targeted synthetic safety data, verified by re-encoding) and `qscope steer`
+(baseline vs steered continuation of one prompt). Thin: parse, call `qscope_data.synth`, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from qscope_data.errors import UsageError
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str | None, flag: str) -> list[int] | None:
+    items = _split(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: expected comma-separated feature ids") from None
+
+
+def synth(
+    gaps: Path = typer.Option(..., "--gaps", help="gaps.json from `qscope gaps`."),
+    model: str = typer.Option(..., "--model", help="Verifying model (folder or hub id): the one the gaps were measured with."),
+    sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
+    layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the gap report's)."),
+    generator: str = typer.Option("offline", "--generator",
+                                  help="offline | hf:<model>[?steer_alpha=4&positions=generated] | "
+                                       "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4]"),
+    per_feature: int = typer.Option(4, "--per-feature", help="Samples wanted per gap feature."),
+    out: Path = typer.Option(..., "--out", help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
+    threshold: float = typer.Option(0.0, "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts per sample, each with feedback from the last."),
+    languages: str = typer.Option("en", "--languages", help="Comma-separated language codes, spread over the samples."),
+    verify: str = typer.Option("prompt", "--verify", help="What must fire the feature: prompt | conversation."),
+    features: str | None = typer.Option(None, "--features", help="Only these gap features (comma-separated ids)."),
+    max_features: int | None = typer.Option(None, "--max-features", help="Only the first N gaps (largest first)."),
+    inventory: Path | None = typer.Option(None, "--inventory", help="The gap report's inventory YAML (default: rebuilt from gaps.json)."),
+    benign: str | None = typer.Option(None, "--benign-categories", help="Categories answered helpfully (others get refusals)."),
+    variants: str | None = typer.Option(None, "--variants", help="Framings to use: plain,roleplay,hypothetical,obfuscation."),
+    near_dup: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard of word 5-grams at which two prompts are near duplicates."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Verification: truncate each candidate to N tokens."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Verification batch size."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    sae_k: int | None = typer.Option(None, "--sae-k", help="k when the SAE files do not say it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Generate samples aimed at coverage gaps; keep those whose target feature fires when re-encoded."""
+    from pydantic import ValidationError
+
+    from qscope_data.synth.synthesize import SynthConfig, run_synth
+
+    kwargs: dict = dict(
+        gaps=gaps, model=model, sae=sae, out=out, layer=layer, generator=generator, per_feature=per_feature,
+        threshold=threshold, max_attempts=max_attempts, languages=_split(languages) or [], verify=verify,
+        features=_ints(features, "--features"), max_features=max_features, inventory=inventory,
+        near_duplicate_threshold=near_dup, max_tokens=max_tokens, batch_size=batch_size, device=device, dtype=dtype,
+        sae_k=sae_k, overwrite=overwrite,
+    )
+    if benign is not None:
+        kwargs["benign_categories"] = _split(benign) or []
+    if variants is not None:
+        kwargs["variants"] = _split(variants) or []
+    try:
+        config = SynthConfig(**kwargs)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).replace("_", "-") if err["loc"] else "?"
+        raise UsageError(f"--{name}: {err['msg']}") from None
+    summary = run_synth(config, progress=progress)
+    t, cov = summary.totals, summary.coverage
+    rate = "–" if t["acceptance_rate"] is None else f"{100 * t['acceptance_rate']:.1f}%"
+    print(f"accepted {t['accepted']}/{t['requested']} samples for {t['features']} gap feature(s) in {t['attempts']} "
+          f"attempts (acceptance {rate}; generator {summary.generator.get('name')}) → {out}")
+    if cov.get("after") is not None:
+        b, a = cov["before"]["overall"], cov["after"]["overall"]
+        g = cov["gap_set"]
+        print(f"coverage {b['covered']}/{b['total']} → {a['covered']}/{a['total']}; gap set "
+              f"{g['before']['covered']}/{g['before']['total']} → {g['after']['covered']}/{g['after']['total']}")
+    for w in summary.warnings:
+        print(f"warning: {w}")
+
+
+def steer(
+    prompt: str = typer.Argument(..., help="The prompt to continue."),
+    model: str = typer.Option(..., "--model", help="Causal LM (folder or hub id)."),
+    sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
+    layer: int = typer.Option(..., "--layer", help="Block whose output the SAE reads; the steering vector is added there."),
+    feature: int = typer.Option(..., "--feature", help="Feature id f: the direction is W_dec[:, f]."),
+    alpha: float = typer.Option(..., "--alpha", help="Strength α (negative suppresses)."),
+    positions: str = typer.Option("all", "--positions", help="all | generated (leave the prompt's positions alone)."),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
+    chat: bool = typer.Option(True, "--chat/--raw", help="Wrap the prompt in the model's chat template."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    sae_k: int | None = typer.Option(None, "--sae-k"),
+) -> None:
+    """Baseline vs steered greedy continuation of PROMPT, side by side (h ← h + α·W_dec[:, f] at block --layer)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qscope_data.capture import load_model
+    from qscope_data.sae import load_sae
+    from qscope_data.synth.steering import compare_steering, require_causal
+    from qscope_data.torch_dtypes import parse_dtype
+
+    if positions not in ("all", "generated"):
+        raise UsageError(f"--positions {positions!r}: choose all or generated")
+    lm = load_model(model, device=device, dtype=parse_dtype(dtype))
+    require_causal(lm)  # before loading a large SAE for nothing
+    sae_obj = load_sae(sae, layer, k=sae_k, device=device)
+    result = compare_steering(lm, sae_obj, layer, feature, alpha, prompt, positions=positions,  # type: ignore[arg-type]
+                              max_new_tokens=max_new_tokens, chat=chat, seed=seed)
+    table = Table(title=f"feature {feature} · layer {layer} · α={alpha:g} · positions={positions}", show_lines=True)
+    table.add_column(f"baseline · feature {feature} max {result.baseline_activation:.3g}", ratio=1, overflow="fold")
+    table.add_column(f"steered · feature {feature} max {result.steered_activation:.3g}", ratio=1, overflow="fold")
+    table.add_row(result.baseline or "(empty)", result.steered or "(empty)")
+    console = Console()
+    console.print(f"prompt: {prompt}")
+    console.print(table)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("synth")(synth)
+    app.command("steer")(steer)

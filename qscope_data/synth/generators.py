@@ -1,0 +1,475 @@
+"""Generators behind one interface: a local transformers chat model (optionally steered along the target feature),
+an OpenAI-compatible HTTP endpoint (vLLM, SGLang, hosted APIs), and a deterministic offline recombiner.
+
+`Generator.generate(requests)` returns one `GenerationResult` per request, in order, each with text or an error —
+never raising for one failed request, so the synthesis loop can record it, retry the slot, and report it.
+`--generator SPEC` picks one (`parse_generator_spec`):
+
+    offline
+    hf:<model folder or hub id>[?steer_alpha=4&positions=generated&max_new_tokens=128&temperature=0.7]
+    openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4&timeout=60&max_retries=4&temperature=0.8]
+
+The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY), sent only as a
+Bearer header, and scrubbed from every error message; it is never logged or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qscope_data.capture import LoadedModel, SteerPositions
+from qscope_data.errors import UsageError
+from qscope_data.synth import templates
+from qscope_data.synth.requests import GenerationRequest
+
+log = logging.getLogger("qscope_data.synth.http")
+
+OnDone = Callable[[int], None]
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str | None = None
+    error: str | None = None  # why there is no text (after retries, for the HTTP generator)
+    tries: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.text is not None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str  # what provenance records, e.g. "offline", "hf:Qwen/Qwen3-8B+steer(α=4,generated)"
+
+    def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
+        """One result per request, in order; a failure is a result with `error`, not an exception."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        ...
+
+
+def _stable_int(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+
+
+# -------------------------------------------------------------------------------------------------------- offline
+
+
+class OfflineGenerator:
+    """Deterministic template/exemplar recombination, for the embedded demo and tests (labelled "offline").
+
+    Prompts put pieces of the gap's top-activating reference texts into a frame in the slot's language. Attempts
+    escalate, which is how the offline generator follows verification feedback: attempt 1 recombines a window of one
+    example with a window of another; attempt 2 uses a whole example; later attempts whole examples in turn with a
+    short frame. Rewrites wrap the prompt in a role-play or hypothetical framing, or obfuscate its letters (less on
+    later attempts). Responses are a refusal (harmful categories) or the opening of a helpful answer (benign).
+    """
+
+    name = "offline"
+    languages = templates.OFFLINE_LANGUAGES
+
+    def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
+        out = []
+        for req in requests:
+            rng = random.Random(_stable_int(req.id))
+            text = {"prompt": self._prompt, "rewrite": self._rewrite, "response": self._response}[req.kind](req, rng)
+            out.append(GenerationResult(req.id, text))
+            if on_done is not None:
+                on_done(1)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "offline", "name": self.name, "languages": list(templates.OFFLINE_LANGUAGES)}
+
+    @staticmethod
+    def _lang(req: GenerationRequest) -> str:
+        return req.slot.lang if req.slot.lang in templates.FRAMES else "en"
+
+    def _prompt(self, req: GenerationRequest, rng: random.Random) -> str:
+        target, slot, attempt = req.slot.target, req.slot, req.attempt
+        examples = [e for e in (_user_text(x) for x in target.examples) if e]
+        if not examples:  # no reference text fires it: the label and description are all there is
+            examples = [" ".join(x for x in (target.label, target.description) if x) or target.concept]
+        n = len(examples)
+        primary = examples[(slot.index + attempt - 1) % n]
+        if attempt == 1 and n > 1:
+            content = _window(primary, rng, 0.6, 0.9) + " " + _window(examples[(slot.index + 1) % n], rng, 0.3, 0.5)
+        elif attempt == 1:
+            content = _window(primary, rng, 0.7, 1.0)
+        else:
+            content = primary
+        frames = templates.FRAMES[self._lang(req)]
+        frame = frames[(slot.index + 2 * attempt + _stable_int(slot.id) % len(frames)) % len(frames)]
+        return frame.format(x=content, concept=target.concept)
+
+    def _rewrite(self, req: GenerationRequest, rng: random.Random) -> str:
+        variant, text = req.slot.variant, req.text or ""
+        if variant == "obfuscation":
+            share = 0.35 / req.attempt
+            text = " ".join(w.translate(templates.LEET) if rng.random() < share else w for w in text.split(" "))
+        frames = templates.REWRITES[variant][self._lang(req)]
+        return rng.choice(frames).format(x=text)
+
+    def _response(self, req: GenerationRequest, rng: random.Random) -> str:
+        pool = templates.REFUSALS if req.slot.target.harmful else templates.HELPFUL
+        return rng.choice(pool[self._lang(req)]).format(concept=req.slot.target.concept)
+
+
+def _user_text(example: str) -> str:
+    """A reference text as request material: a rendered conversation (`role: content` lines) gives its user lines."""
+    lines = example.splitlines()
+    if any(line.startswith(("user: ", "assistant: ", "system: ")) for line in lines):
+        users = [line.removeprefix("user: ") for line in lines if line.startswith("user: ")]
+        example = " ".join(users)
+    return " ".join(example.split())
+
+
+def _window(text: str, rng: random.Random, lo: float, hi: float) -> str:
+    """A contiguous run of `lo`–`hi` of the text's words (characters for unspaced scripts)."""
+    words = text.split(" ")
+    unit, joiner = (words, " ") if len(words) >= 4 else (list(text), "")
+    size = max(1, round(len(unit) * rng.uniform(lo, hi)))
+    start = rng.randrange(len(unit) - size + 1)
+    return joiner.join(unit[start:start + size])
+
+
+# ------------------------------------------------------------------------------------------- local transformers
+
+
+class HFParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steer_alpha: float = Field(0.0, description="α of h ← h + α·W_dec[:, target] while writing prompts (0: off)")
+    positions: Literal["all", "generated"] = "generated"
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class HFChatGenerator:
+    """A local causal LM with a chat template; with `steer_alpha`, prompt and rewrite generation is steered along the
+    target feature's decoder direction at the SAE's block (responses are not steered: a refusal should stay one)."""
+
+    def __init__(self, lm: LoadedModel, params: HFParams | None = None, *, sae=None, layer: int | None = None):
+        from qscope_data.synth.steering import require_causal
+
+        require_causal(lm)
+        self.lm, self.params, self.sae, self.layer = lm, params or HFParams(), sae, layer
+        if self.params.steer_alpha and (sae is None or layer is None):
+            raise UsageError("hf generator: steer_alpha needs the SAE and its layer")
+        self.name = f"hf:{lm.model_id}"
+        if self.params.steer_alpha:
+            self.name += f"+steer(α={self.params.steer_alpha:g},{self.params.positions})"
+        self._steering_cache: dict[int, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "name": self.name, "model": self.lm.describe(), **self.params.model_dump()}
+
+    def _steering(self, feature: int):
+        from qscope_data.synth.steering import feature_steering
+
+        if not self.params.steer_alpha:
+            return None
+        if feature not in self._steering_cache:
+            self._steering_cache[feature] = feature_steering(self.lm, self.sae, self.layer, feature,
+                                                             self.params.steer_alpha, self.params.positions)
+        return self._steering_cache[feature]
+
+    def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
+        from qscope_data.synth.steering import generate, render_chat
+
+        results: dict[str, GenerationResult] = {}
+        groups: dict[tuple[int | None, str], list[GenerationRequest]] = {}
+        for req in requests:  # one steering direction per group
+            steered = self.params.steer_alpha != 0 and req.kind != "response"
+            groups.setdefault((req.slot.target.feature if steered else None, req.kind), []).append(req)
+        p = self.params
+        for (feature, _kind), group in groups.items():
+            prompts = [render_chat(self.lm.tokenizer, r.messages) for r in group]
+            seed = p.seed + _stable_int("|".join(r.id for r in group)) % (1 << 31)
+            error: str | None = None
+            try:
+                texts = generate(self.lm, prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                                 top_p=p.top_p, seed=seed, batch_size=p.batch_size,
+                                 steering=self._steering(feature) if feature is not None else None)
+            except UsageError:
+                raise
+            except Exception as exc:  # e.g. out of memory: every request of the group fails, the run goes on
+                texts = [None] * len(group)
+                error = f"generation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            for req, text in zip(group, texts):
+                if text is None:
+                    results[req.id] = GenerationResult(req.id, None, error)
+                elif not text.strip():
+                    results[req.id] = GenerationResult(req.id, None, "empty generation")
+                else:
+                    results[req.id] = GenerationResult(req.id, text.strip())
+            if on_done is not None:
+                on_done(len(group))
+        return [results[r.id] for r in requests]
+
+
+# ------------------------------------------------------------------------------------------------ OpenAI-compatible
+
+
+class OpenAIParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(4, ge=1, le=1024)
+    timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
+    max_retries: int = Field(4, ge=0, description="retries after the first try (429, 5xx, timeouts, connection errors)")
+    backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles each retry, with jitter")
+    max_backoff: float = Field(30.0, ge=0, description="cap of one delay, Retry-After included")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1)
+    seed: int | None = None
+
+
+RETRY_STATUS = {408, 409, 425, 429}
+
+
+class OpenAIGenerator:
+    """POST {base_url}/chat/completions, at most `concurrency` requests in flight, each retried with exponential
+    backoff and jitter on 429 / 5xx / timeouts / connection errors (a server's Retry-After is honoured, up to
+    `max_backoff`), then reported as that request's error."""
+
+    def __init__(self, base_url: str, params: OpenAIParams, *, require_key: bool = False):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UsageError(f"openai generator: base URL {base_url!r} is not an http(s) URL")
+        if parts.username or parts.password:
+            raise UsageError("openai generator: put the API key in the environment variable named by key_env, "
+                             "not in the URL")
+        path = parts.path.rstrip("/") or "/v1"
+        self.base_url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+        self.url = self.base_url + "/chat/completions"
+        self.params = params
+        self._key = os.environ.get(params.key_env) or None
+        if self._key is None and require_key:
+            raise UsageError(f"openai generator: environment variable {params.key_env} is not set (it holds the API key)")
+        self.name = f"openai:{params.model}@{self.base_url}"
+        self._rng = random.Random(params.seed if params.seed is not None else 0)
+
+    def describe(self) -> dict[str, Any]:
+        p = self.params.model_dump()
+        p["key"] = "set" if self._key else "none"  # never the key itself
+        return {"kind": "openai", "name": self.name, "url": self.url, **p}
+
+    def scrub(self, text: str) -> str:
+        """`text` with the API key (and any Bearer token) replaced by ***."""
+        if self._key:
+            text = text.replace(self._key, "***")
+        return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+
+    # -- public -------------------------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._generate_all(list(requests), on_done))
+        box: dict[str, Any] = {}  # called from inside an event loop (a notebook): run ours in a thread
+
+        def run() -> None:
+            try:
+                box["out"] = asyncio.run(self._generate_all(list(requests), on_done))
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["err"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    async def _generate_all(self, requests: list[GenerationRequest], on_done: OnDone | None) -> list[GenerationResult]:
+        import httpx
+
+        p = self.params
+        limits = httpx.Limits(max_connections=p.concurrency, max_keepalive_connections=p.concurrency)
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        sem = asyncio.Semaphore(p.concurrency)
+
+        async def one(client: httpx.AsyncClient, req: GenerationRequest) -> GenerationResult:
+            async with sem:
+                result = await self._call(client, req)
+            if on_done is not None:
+                on_done(1)
+            return result
+
+        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(p.timeout)) as client:
+            return list(await asyncio.gather(*(one(client, r) for r in requests)))
+
+    def _body(self, req: GenerationRequest) -> dict[str, Any]:
+        p = self.params
+        body: dict[str, Any] = {"model": p.model, "messages": req.messages, "temperature": p.temperature,
+                                "max_tokens": p.max_tokens, "n": 1}
+        if p.top_p is not None:
+            body["top_p"] = p.top_p
+        if p.seed is not None:
+            body["seed"] = (p.seed + _stable_int(req.id)) % (1 << 31)
+        return body
+
+    async def _call(self, client, req: GenerationRequest) -> GenerationResult:
+        import httpx
+
+        p = self.params
+        body = self._body(req)
+        error = "not tried"
+        for attempt in range(p.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                resp = await client.post(self.url, json=body, headers={"X-Client-Request-Id": req.id})
+            except httpx.TimeoutException:
+                error, retryable = f"timeout after {p.timeout:g} s", True
+            except httpx.TransportError as exc:
+                error, retryable = f"connection error: {type(exc).__name__}: {exc}", True
+            else:
+                if resp.status_code == 200:
+                    text, problem = _completion_text(resp)
+                    if text is not None:
+                        return GenerationResult(req.id, text, tries=attempt + 1)
+                    error, retryable = problem or "no text", False
+                else:
+                    snippet = " ".join(resp.text.split())[:200]
+                    error = f"HTTP {resp.status_code}" + (f": {snippet}" if snippet else "")
+                    retryable = resp.status_code in RETRY_STATUS or resp.status_code >= 500
+                    retry_after = _retry_after(resp.headers.get("retry-after"))
+            error = self.scrub(error)
+            if not retryable or attempt == p.max_retries:
+                if retryable:
+                    error = f"{error} (gave up after {attempt + 1} tries)"
+                log.warning("request %s failed: %s", req.id, error)
+                return GenerationResult(req.id, None, error, tries=attempt + 1)
+            delay = min(p.backoff * (2 ** attempt), p.max_backoff) * (0.5 + self._rng.random() / 2)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, p.max_backoff))
+            log.info("request %s: %s; retry %d/%d in %.2f s", req.id, error, attempt + 1, p.max_retries, delay)
+            await asyncio.sleep(delay)
+        return GenerationResult(req.id, None, error, tries=p.max_retries + 1)  # not reached
+
+
+def _completion_text(resp) -> tuple[str | None, str | None]:
+    try:
+        data = resp.json()
+        content = data["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, "malformed chat-completions response"
+    if not isinstance(content, str) or not content.strip():
+        return None, "empty completion"
+    return content.strip(), None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# ------------------------------------------------------------------------------------------------------ spec
+
+
+class GeneratorSpec(BaseModel):
+    kind: Literal["offline", "hf", "openai"]
+    target: str | None = None  # model path / id (hf) or base URL (openai)
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+def parse_generator_spec(spec: str) -> GeneratorSpec:
+    """`offline` | `hf:<model>[?k=v&…]` | `openai:<base_url>?model=<name>[&k=v…]` (see the module docstring)."""
+    spec = spec.strip()
+    if spec == "offline":
+        return GeneratorSpec(kind="offline")
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in ("hf", "openai") or not rest:
+        raise UsageError(f"--generator {spec!r}: expected offline, hf:<model>[?…] or openai:<base_url>?model=<name>[&…]")
+    target, _, query = rest.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise UsageError(f"--generator: parameter {key!r} given twice")
+        params[key] = value
+    if not target:
+        raise UsageError(f"--generator {spec!r}: no {'model' if kind == 'hf' else 'base URL'} after '{kind}:'")
+    return GeneratorSpec(kind=kind, target=target, params=params)
+
+
+def _params(model: type[BaseModel], spec: GeneratorSpec) -> Any:
+    try:
+        return model.model_validate(spec.params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "?"
+        allowed = ", ".join(model.model_fields)
+        raise UsageError(f"--generator {spec.kind}: parameter {where}: {err['msg']} (parameters: {allowed})") from None
+
+
+def build_generator(
+    spec: str | GeneratorSpec,
+    *,
+    lm: LoadedModel | None = None,
+    sae=None,
+    layer: int | None = None,
+    device: str = "cpu",
+    dtype=None,
+) -> Generator:
+    """The generator a spec names. `lm` is the verifying model: an `hf:` spec naming the same model reuses it
+    (loaded once); `sae`/`layer` are what steering adds the target feature's direction from."""
+    spec = parse_generator_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "offline":
+        if spec.params:
+            raise UsageError(f"--generator offline takes no parameters (got {', '.join(spec.params)})")
+        return OfflineGenerator()
+    if spec.kind == "openai":
+        params = _params(OpenAIParams, spec)
+        return OpenAIGenerator(spec.target or "", params, require_key="key_env" in spec.params)
+    params = _params(HFParams, spec)
+    from qscope_data.capture import load_model
+
+    same = lm is not None and _same_model(spec.target or "", lm.model_id)
+    gen_lm = lm if same else load_model(spec.target or "", device=device, dtype=dtype, causal=None)
+    return HFChatGenerator(gen_lm, params, sae=sae, layer=layer)
+
+
+def _same_model(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) if os.path.exists(a) and os.path.exists(b) else a == b
+
+
+__all__ = [
+    "Generator", "GenerationResult", "OfflineGenerator", "HFChatGenerator", "HFParams", "OpenAIGenerator",
+    "OpenAIParams", "GeneratorSpec", "parse_generator_spec", "build_generator", "SteerPositions",
+]

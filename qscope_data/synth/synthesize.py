@@ -1,0 +1,562 @@
+"""The synthesis stage: fill measured safety-coverage gaps with samples that provably reach their target feature.
+
+For each gap feature of a `gaps.json` (from `qscope gaps`), `per_feature` slots (one wanted sample each, spread over
+the languages and the plain / role-play / hypothetical / obfuscation framings). Each attempt at a slot asks the
+generator for a plain prompt, an adversarial rewrite (non-plain slots) and a response (a refusal for harmful
+categories, a helpful answer for benign ones), drops exact and near-duplicate prompts, and re-encodes the candidate
+with the verifying model + SAE through the encode stage. The candidate is kept only if the target feature fires
+above `threshold` on what is verified (the prompt, or the whole conversation); otherwise the slot is retried with
+feedback until `max_attempts`. All slots advance together, one attempt per round, so a round is three batched
+generator calls and one batched encode.
+
+Output folder (every file written atomically; summary.json last):
+
+    accepted.jsonl / accepted.parquet   id, messages (ending in an assistant turn), target_feature, category, lang,
+                                        generator, attempts, activation, verified, variant, label, threshold
+    rejected.jsonl                      one line per slot that was not filled: reason, detail, attempt history
+    store/                              the accepted samples as a feature store (the verification encode itself), so
+                                        `qscope gaps --target TARGET --target DIR/store` can be rerun on them
+    summary.json                        per feature: attempts, accepted, acceptance rate; coverage before → after
+    report.html, synth.png              the same, for people
+
+Coverage before → after is `qscope_data.coverage.gaps.compute_gaps` on the gap report's target stores, then on
+those stores plus `store/` — the function `qscope gaps` runs, so the numbers match a rerun of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from qscope_data import atomic
+from qscope_data.capture import LoadedModel, check_layers, load_model
+from qscope_data.coverage.gaps import GapReport, compute_gaps, load_gaps
+from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory
+from qscope_data.encode import check_compatible, code_version
+from qscope_data.errors import DataError, UsageError
+from qscope_data.sae import SparseAutoencoder, load_sae
+from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
+from qscope_data.synth.dedup import CandidateDedup
+from qscope_data.synth.generators import Generator, GenerationResult, build_generator
+from qscope_data.synth.report import write_synth_report
+from qscope_data.synth.requests import (
+    BENIGN_CATEGORIES,
+    VARIANTS,
+    GapTarget,
+    GenerationRequest,
+    Slot,
+    Variant,
+    feedback_text,
+    plan_slots,
+    prompt_request,
+    response_request,
+    rewrite_request,
+)
+from qscope_data.synth.verify import Candidate, Verifier, verify_options
+from qscope_data.torch_dtypes import parse_dtype
+
+ACCEPTED_JSONL = "accepted.jsonl"
+ACCEPTED_PARQUET = "accepted.parquet"
+REJECTED_JSONL = "rejected.jsonl"
+SUMMARY_JSON = "summary.json"
+STORE_DIR = "store"
+
+ACCEPTED_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("target_feature", pa.int32()),
+    ("category", pa.string()),
+    ("lang", pa.string()),
+    ("generator", pa.string()),
+    ("attempts", pa.int32()),
+    ("activation", pa.float64()),
+    ("verified", pa.string()),
+    ("variant", pa.string()),
+    ("label", pa.string()),
+    ("threshold", pa.float64()),
+])
+STORE_PASSTHROUGH = ("messages", "target_feature", "category", "lang", "generator", "attempts", "activation")
+
+
+class SynthConfig(BaseModel):
+    """Everything a synthesis run depends on (what `qscope synth` parses into)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gaps: Path
+    model: str
+    sae: str
+    out: Path
+    layer: int | None = Field(None, description="SAE layer (default: the gap report's)")
+    generator: str = "offline"
+    per_feature: int = Field(4, ge=1)
+    threshold: float = Field(0.0, ge=0.0, description="kept only if the target feature's activation exceeds this")
+    max_attempts: int = Field(3, ge=1)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    verify: Literal["prompt", "conversation"] = "prompt"
+    features: list[int] | None = Field(None, description="only these gap features")
+    max_features: int | None = Field(None, ge=1, description="only the first N gaps (they come biggest-first)")
+    inventory: Path | None = Field(None, description="inventory YAML of the gap report (else rebuilt from gaps.json)")
+    benign_categories: list[str] = Field(default_factory=lambda: list(BENIGN_CATEGORIES))
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS))
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    device: str = "cpu"
+    dtype: str = "auto"
+    sae_k: int | None = None
+    overwrite: bool = False
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        value = list(dict.fromkeys(v.strip() for v in value if v.strip()))
+        if not value:
+            raise ValueError("at least one language")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: list[Variant]) -> list[Variant]:
+        if not value:
+            raise ValueError("at least one variant")
+        return list(dict.fromkeys(value))
+
+
+# ------------------------------------------------------------------------------------------------------ run state
+
+
+@dataclass
+class SlotState:
+    slot: Slot
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per failed attempt
+    accepted: dict[str, Any] | None = None
+    store_row: pa.Table | None = None  # its row of the verification encode
+    best_activation: float = 0.0
+    last_candidate: list[dict] | None = None
+
+    @property
+    def attempts(self) -> int:
+        return len(self.history) + (1 if self.accepted is not None else 0)
+
+    @property
+    def done(self) -> bool:
+        return self.accepted is not None
+
+    def fail(self, attempt: int, candidate_id: str, reason: str, detail: str, activation: float | None = None) -> None:
+        entry: dict[str, Any] = {"attempt": attempt, "candidate": candidate_id, "reason": reason, "detail": detail}
+        if activation is not None:
+            entry["activation"] = round(activation, 6)
+            self.best_activation = max(self.best_activation, activation)
+        self.history.append(entry)
+
+    def feedback(self, threshold: float) -> tuple[str | None, float | None]:
+        if not self.history:
+            return None, None
+        last = self.history[-1]
+        return feedback_text(last["reason"], last.get("activation"), threshold, self.slot.target.feature), last.get("activation")
+
+
+class SynthSummary(BaseModel):
+    out: str
+    generator: dict[str, Any]
+    model: dict[str, Any]
+    sae: dict[str, Any]
+    layer: int
+    gaps_file: str
+    threshold: float
+    verify: str
+    languages: list[str]
+    variants: list[str]
+    per_feature: int
+    max_attempts: int
+    features: list[dict[str, Any]]
+    totals: dict[str, Any]
+    coverage: dict[str, Any]
+    warnings: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+    code_version: str = ""
+
+
+# ------------------------------------------------------------------------------------------------------ the stage
+
+
+def run_synth(
+    config: SynthConfig,
+    *,
+    progress: bool = True,
+    generator: Generator | None = None,
+    lm: LoadedModel | None = None,
+    sae: SparseAutoencoder | None = None,
+) -> SynthSummary:
+    """Run the stage (see the module docstring). `generator`, `lm`, `sae` may be passed in already built (tests,
+    flows); otherwise they come from the config's specs. Everything is validated before anything is written."""
+    start = time.perf_counter()
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if (out / SUMMARY_JSON).exists() and not config.overwrite:
+        raise UsageError(f"--out {out}: holds a finished synthesis (summary.json); pass --overwrite or choose another folder")
+    report = load_gaps(config.gaps)
+    layer = _resolve_layer(config, report)
+    targets = _select_targets(config, report)
+    inventory = load_inventory(config.inventory) if config.inventory else inventory_from_report(report)
+
+    if lm is None:
+        lm = load_model(config.model, device=config.device, dtype=parse_dtype(config.dtype))
+    check_layers(lm, [layer])
+    if sae is None:
+        sae = load_sae(config.sae, layer, k=config.sae_k, device=config.device)
+    if sae.layer is not None and sae.layer != layer:
+        raise UsageError(f"SAE {config.sae} reads the output of block {sae.layer}, not layer {layer}")
+    check_compatible(lm, {layer: sae})
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise UsageError(f"model {config.model}: its tokenizer has no chat template, and candidates are conversations "
+                         "(verification renders them as the model reads a chat)")
+    _check_sae_matches_report(report, sae, config.gaps)
+    for t in targets:
+        if t.feature >= sae.d_sae:
+            raise UsageError(f"gap feature {t.feature} is out of range for the SAE (d_sae={sae.d_sae})")
+    if generator is None:
+        generator = build_generator(config.generator, lm=lm, sae=sae, layer=layer, device=config.device,
+                                    dtype=parse_dtype(config.dtype))
+    supported = getattr(generator, "languages", None)  # a generator that is limited to some languages says so
+    if supported:
+        unknown = [lang for lang in config.languages if lang not in supported]
+        if unknown:
+            raise UsageError(f"--languages {','.join(unknown)}: the {generator.name} generator has templates for "
+                             f"{', '.join(supported)} only")
+
+    verifier = Verifier(lm, sae, layer, verify_options(config.verify, max_tokens=config.max_tokens,
+                                                       batch_size=config.batch_size, device=config.device,
+                                                       dtype=config.dtype))
+    slots = plan_slots(targets, config.per_feature, config.languages, tuple(config.variants))
+    states = {s.id: SlotState(s) for s in slots}
+    dedup = CandidateDedup(config.near_duplicate_threshold)
+    with _Progress(progress, len(slots)) as bar:
+        for attempt in range(1, config.max_attempts + 1):
+            pending = [states[s.id] for s in slots if not states[s.id].done]
+            if not pending:
+                break
+            bar.round(attempt, config.max_attempts)
+            _attempt_round(pending, attempt, generator, verifier, dedup, config, bar)
+            bar.resolve(sum(1 for st in pending if st.done or attempt == config.max_attempts))
+
+    warnings: list[str] = []
+    store_table = _store_table(states, slots, report)
+    if (out / STORE_DIR).exists():
+        shutil.rmtree(out / STORE_DIR)  # ours (an earlier run's accepted store): rewritten whole
+    manifest = StoreManifest(
+        model=lm.describe(),
+        saes=[SAEInfo(layer=layer, source=sae.source, format=sae.format, k=sae.k, d_sae=sae.d_sae, d_model=sae.d_model,
+                      hook=sae.hook)],
+        options=verifier.options.output_options(),
+        inputs={"synth": str(out.resolve()), "gaps": str(Path(config.gaps).resolve()), "generator": generator.name},
+        code_version=code_version(),
+    )
+    store = write_store(out / STORE_DIR, {layer: store_table}, manifest)
+    coverage = coverage_change(report, inventory, store, [t.feature for t in targets], layer, warnings)
+
+    accepted = [states[s.id].accepted for s in slots if states[s.id].done]
+    rejected = [_rejected_row(states[s.id], generator.name) for s in slots if not states[s.id].done]
+    atomic.write_text(out / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accepted))
+    atomic.write_parquet(out / ACCEPTED_PARQUET, pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA))
+    atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
+
+    features = _feature_summaries(targets, states, slots, coverage)
+    n_attempts = sum(st.attempts for st in states.values())
+    totals = {
+        "features": len(targets), "requested": len(slots), "accepted": len(accepted), "rejected": len(rejected),
+        "attempts": n_attempts, "acceptance_rate": _rate(len(accepted), n_attempts),
+        "fill_rate": _rate(len(accepted), len(slots)),
+        "features_filled": sum(1 for f in features if f["accepted"] > 0),
+        "target_feature_coverage": _rate(sum(1 for f in features if f["accepted"] > 0), len(targets)),
+        "rejected_by_reason": _count(r["reason"] for r in rejected),
+    }
+    summary = SynthSummary(
+        out=str(out), generator=generator.describe(), model=lm.describe(), sae=sae.describe(), layer=layer,
+        gaps_file=str(Path(config.gaps).resolve()), threshold=config.threshold, verify=config.verify,
+        languages=config.languages, variants=list(config.variants), per_feature=config.per_feature,
+        max_attempts=config.max_attempts, features=features, totals=totals, coverage=coverage,
+        warnings=[*report.warnings, *warnings], seconds=round(time.perf_counter() - start, 3), code_version=code_version(),
+    )
+    write_synth_report(summary.model_dump(mode="json"), out)
+    atomic.write_json(out / SUMMARY_JSON, summary.model_dump(mode="json"))
+    return summary
+
+
+def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator, verifier: Verifier,
+                   dedup: CandidateDedup, config: SynthConfig, bar: "_Progress") -> None:
+    """One attempt for every pending slot: prompt → rewrite → response → dedup → verify → accept or record why not."""
+    prompts: dict[str, str] = {}
+    reqs = []
+    for st in pending:
+        feedback, previous = st.feedback(config.threshold)
+        reqs.append(prompt_request(st.slot, attempt, feedback, previous))
+    for st, res in zip(pending, _generate(generator, reqs, bar)):
+        if res.ok:
+            prompts[st.slot.id] = res.text  # type: ignore[assignment]
+        else:
+            st.fail(attempt, res.request_id, "generator_error", f"prompt: {res.error}")
+
+    rewrite = [st for st in pending if st.slot.id in prompts and st.slot.variant != "plain"]
+    for st, res in zip(rewrite, _generate(generator, [rewrite_request(st.slot, attempt, prompts[st.slot.id]) for st in rewrite], bar)):
+        if res.ok:
+            prompts[st.slot.id] = res.text  # type: ignore[assignment]
+        else:
+            del prompts[st.slot.id]
+            st.fail(attempt, res.request_id, "generator_error", f"rewrite: {res.error}")
+
+    answer = [st for st in pending if st.slot.id in prompts]
+    candidates: list[tuple[SlotState, Candidate]] = []
+    for st, res in zip(answer, _generate(generator, [response_request(st.slot, attempt, prompts[st.slot.id]) for st in answer], bar)):
+        cid = f"{st.slot.id}.a{attempt}"
+        if not res.ok:
+            st.fail(attempt, cid, "generator_error", f"response: {res.error}")
+            continue
+        messages = [{"role": "user", "content": prompts[st.slot.id]}, {"role": "assistant", "content": res.text}]
+        st.last_candidate = messages
+        dup = dedup.check(cid, prompts[st.slot.id])
+        if dup is not None:
+            st.fail(attempt, cid, dup.kind, f"prompt repeats candidate {dup.of} (similarity {dup.similarity:.3f})")
+            continue
+        candidates.append((st, Candidate(cid, messages, st.slot.target.feature)))
+
+    if not candidates:
+        return
+    result = verifier.verify([c for _, c in candidates])
+    for st, cand in candidates:
+        verdict = result.verdicts[cand.id]
+        if verdict.error is not None:
+            st.fail(attempt, cand.id, "not_encodable", verdict.error)
+        elif verdict.fires(config.threshold):
+            st.accepted = _accepted_row(st, cand, verdict.activation, attempt, generator.name, verifier.target, config.threshold)
+            st.store_row = result.table.slice(verdict.row, 1)
+        else:
+            st.fail(attempt, cand.id, "below_threshold",
+                    f"feature {cand.target_feature} reached {verdict.activation:.6g}, needs > {config.threshold:g}",
+                    verdict.activation)
+
+
+def _generate(generator: Generator, requests: list[GenerationRequest], bar: "_Progress") -> list[GenerationResult]:
+    if not requests:
+        return []
+    results = generator.generate(requests, on_done=bar.generated)
+    if len(results) != len(requests) or any(r.request_id != q.id for r, q in zip(results, requests)):
+        raise RuntimeError(f"generator {generator.name} returned results out of step with its requests")
+    return results
+
+
+def _accepted_row(st: SlotState, cand: Candidate, activation: float, attempt: int, generator: str, verified: str,
+                  threshold: float) -> dict[str, Any]:
+    s = st.slot
+    return {
+        "id": s.id, "messages": cand.messages, "target_feature": s.target.feature, "category": s.target.category,
+        "lang": s.lang, "generator": generator, "attempts": attempt, "activation": round(float(activation), 6),
+        "verified": verified, "variant": s.variant, "label": s.target.label, "threshold": threshold,
+    }
+
+
+def _rejected_row(st: SlotState, generator: str) -> dict[str, Any]:
+    s = st.slot
+    last = st.history[-1] if st.history else {"reason": "not_attempted", "detail": ""}
+    return {
+        "id": s.id, "target_feature": s.target.feature, "category": s.target.category, "lang": s.lang,
+        "variant": s.variant, "generator": generator, "attempts": st.attempts, "reason": last["reason"],
+        "detail": last["detail"], "best_activation": round(st.best_activation, 6), "history": st.history,
+        "messages": st.last_candidate,
+    }
+
+
+def _store_table(states: dict[str, SlotState], slots: list[Slot], report: GapReport) -> pa.Table:
+    """The accepted samples' verification rows (doc_id = sample id) plus pass-through columns; fields the gap
+    report broke coverage down by and the samples lack are null columns, so `qscope gaps --by` works on it."""
+    from qscope_data.store import FEATURE_SCHEMA
+
+    kept = [states[s.id] for s in slots if states[s.id].done]
+    if kept:
+        feats = pa.concat_tables([st.store_row for st in kept])  # type: ignore[misc]
+        feats = feats.set_column(0, "doc_id", pa.array([st.slot.id for st in kept], pa.string()))
+    else:
+        feats = FEATURE_SCHEMA.empty_table()
+    rows = [st.accepted for st in kept]
+    types = {f.name: f.type for f in ACCEPTED_SCHEMA}
+    for name in STORE_PASSTHROUGH:
+        feats = feats.append_column(pa.field(name, types[name]), pa.array([r[name] for r in rows], types[name]))  # type: ignore[index]
+    for name in report.by:
+        if name not in feats.column_names:
+            feats = feats.append_column(pa.field(name, pa.string()), pa.nulls(feats.num_rows, pa.string()))
+    return feats
+
+
+# ------------------------------------------------------------------------------------------------------ gaps input
+
+
+def _resolve_layer(config: SynthConfig, report: GapReport) -> int:
+    recorded = report.layer if report.layer is not None else report.sae.get("layer")
+    if config.layer is not None:
+        if recorded is not None and int(recorded) != config.layer:
+            raise UsageError(f"--layer {config.layer}: {config.gaps} was computed at layer {recorded}")
+        return config.layer
+    if recorded is None:
+        raise UsageError(f"{config.gaps} does not say which SAE layer it reads; pass --layer")
+    return int(recorded)
+
+
+def _select_targets(config: SynthConfig, report: GapReport) -> list[GapTarget]:
+    gaps = list(report.gaps)
+    if config.features is not None:
+        by_id = {g.feature: g for g in gaps}
+        missing = [f for f in config.features if f not in by_id]
+        if missing:
+            raise UsageError(f"--features: {', '.join(map(str, missing))} not among the gaps of {config.gaps}")
+        gaps = [by_id[f] for f in dict.fromkeys(config.features)]
+    if config.max_features is not None:
+        gaps = gaps[: config.max_features]
+    return [GapTarget.from_gap(g, tuple(config.benign_categories)) for g in gaps]
+
+
+def _check_sae_matches_report(report: GapReport, sae: SparseAutoencoder, gaps_path: Path) -> None:
+    d_sae = report.sae.get("d_sae")
+    if d_sae is not None and int(d_sae) != sae.d_sae:
+        raise UsageError(f"{gaps_path} was computed with an SAE of d_sae={d_sae}; --sae has d_sae={sae.d_sae}: "
+                         "feature ids would mean different things")
+
+
+def inventory_from_report(report: GapReport) -> Inventory:
+    """The inventory a gap report was computed from, rebuilt from its per-feature rows (ids, categories, Δ, labels):
+    all coverage needs. Pass the inventory YAML itself to keep descriptions and provenance."""
+    features = [InventoryFeature(id=f.feature, category=f.category, delta=f.delta, safety_score=f.safety_score,
+                                 label=f.label) for f in report.features]
+    by_id = {g.feature: g for g in report.gaps}
+    features = [f.model_copy(update={"description": by_id[f.id].description}) if f.id in by_id else f for f in features]
+    return Inventory(provenance=Provenance(source="labels", layer=report.layer, sae=dict(report.sae)), features=features)
+
+
+def coverage_change(report: GapReport, inventory: Inventory, accepted: FeatureStore, targeted: list[int], layer: int,
+                    warnings: list[str]) -> dict[str, Any]:
+    """Coverage of the inventory by the gap report's targets, then by targets + accepted samples (`compute_gaps`,
+    the same call `qscope gaps --target T… --target DIR/store` makes), and of the gap set and the targeted features."""
+    stores: list[FeatureStore] = []
+    for info in report.targets:
+        if info.get("kind") != "store":
+            warnings.append("the gap report's target was a frame, not a store: coverage after cannot be recomputed")
+            return {"before": report.coverage, "after": None}
+        try:
+            store = FeatureStore(info["path"])
+        except DataError as exc:
+            warnings.append(f"target store {info['path']} is unavailable ({exc}); coverage after not computed")
+            return {"before": report.coverage, "after": None}
+        if store.manifest_hash() != info.get("manifest"):
+            warnings.append(f"target store {info['path']} changed since the gap report (manifest hash)")
+        stores.append(store)
+    kwargs = dict(by=list(report.by), min_docs=report.min_docs, layer=layer, n_examples=0, use_recorded_reference=False)
+    before = compute_gaps(inventory, stores, **kwargs)
+    after = compute_gaps(inventory, [*stores, accepted], **kwargs)
+    if before.coverage != report.coverage:
+        warnings.append("coverage of the targets recomputed now differs from the gap report's")
+    gap_ids = [g.feature for g in report.gaps]
+    covered_before = {f.feature for f in before.features if f.covered}
+    covered_after = {f.feature for f in after.features if f.covered}
+
+    def subset(ids: list[int], covered: set[int]) -> dict[str, Any]:
+        n = sum(1 for i in ids if i in covered)
+        return {"covered": n, "total": len(ids), "fraction": round(n / len(ids), 6) if ids else None}
+
+    return {
+        "before": before.coverage,
+        "after": after.coverage,
+        "gap_set": {"before": subset(gap_ids, covered_before), "after": subset(gap_ids, covered_after)},
+        "targeted": {"before": subset(targeted, covered_before), "after": subset(targeted, covered_after)},
+        "gaps_after": [g.feature for g in after.gaps],
+        "documents": {"before": before.documents, "after": after.documents},
+        "targets": [s.root.resolve().as_posix() for s in stores],
+        "store": accepted.root.resolve().as_posix(),
+        "min_docs": report.min_docs,
+        "by": list(report.by),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ summary
+
+
+def _rate(n: int, d: int) -> float | None:
+    return round(n / d, 6) if d else None
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _feature_summaries(targets: list[GapTarget], states: dict[str, SlotState], slots: list[Slot],
+                       coverage: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for t in targets:
+        mine = [states[s.id] for s in slots if s.target.feature == t.feature]
+        acts = [st.accepted["activation"] for st in mine if st.accepted is not None]
+        attempts = sum(st.attempts for st in mine)
+        reasons = _count(h["reason"] for st in mine for h in st.history)
+        out.append({
+            "feature": t.feature, "category": t.category, "label": t.label, "harmful": t.harmful,
+            "requested": len(mine), "accepted": len(acts), "rejected": len(mine) - len(acts), "attempts": attempts,
+            "acceptance_rate": _rate(len(acts), attempts), "fill_rate": _rate(len(acts), len(mine)),
+            "failed_attempts": reasons,
+            "mean_activation": round(sum(acts) / len(acts), 6) if acts else None,
+            "max_activation": max(acts) if acts else None,
+            "best_rejected_activation": max((st.best_activation for st in mine if not st.done), default=None),
+            "covered_after": None if coverage.get("after") is None else t.feature not in coverage["gaps_after"],
+        })
+    return out
+
+
+class _Progress:
+    """Rich progress over slots (resolved: accepted, or out of attempts) with rate and ETA, plus generator calls."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.bar.__enter__()
+            self.slots = self.bar.add_task("synth slots", total=self.total, rate="")
+            self.calls = self.bar.add_task("generator calls", total=None, rate="")
+            self.t0 = time.perf_counter()
+            self.n_calls = 0
+        return self
+
+    def round(self, attempt: int, of: int) -> None:
+        if self.enabled:
+            self.bar.update(self.slots, description=f"synth slots (attempt {attempt}/{of})")
+
+    def generated(self, n: int) -> None:
+        if self.enabled:
+            self.n_calls += n
+            rate = self.n_calls / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.calls, advance=n, rate=f"{rate:,.1f} req/s")
+
+    def resolve(self, n: int) -> None:
+        if self.enabled:
+            done = min(self.total, self.bar.tasks[self.slots].completed + n)
+            rate = done / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.slots, completed=done, rate=f"{rate:,.2f} slots/s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
