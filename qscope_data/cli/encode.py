@@ -1,7 +1,82 @@
-"""CLI: encode commands (not wired yet)."""
+"""CLI: `qscope encode` — a corpus into a feature store (thin: parse, call `qscope_data.encode.run_encode`, print)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def encode(
+    model: str = typer.Option(..., "--model", help="Model folder or hub id (Qwen3, Qwen3-MoE, Qwen3.5, … or a BERT-family encoder)."),
+    sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id (one SAE per layer for Qwen-Scope)."),
+    layer: list[int] = typer.Option([], "--layer", help="Block whose output the SAE reads (repeat for several; default: the SAE's own)."),
+    input: list[str] = typer.Option(..., "--input", help="JSONL / Parquet files, globs, folders, or a saved HF dataset (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Store folder (created; an unfinished run there is resumed)."),
+    text_field: str = typer.Option("text", "--text-field"),
+    id_field: str = typer.Option("id", "--id-field", help="Record id field (absent: a stable content hash)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Truncate each record to its first N tokens."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
+    keep_first: bool = typer.Option(False, "--keep-first", help="Aggregate position 0 too (attention-sink outliers)."),
+    span: str = typer.Option("all", "--span", help="Chat records: all | prompt | response positions."),
+    token_level: bool = typer.Option(False, "--token-level", help="Also write the per-position top-k table."),
+    drop_text: bool = typer.Option(False, "--drop-text", help="Leave text / messages out of the store."),
+    on_error: str = typer.Option("skip", "--on-error", help="skip: bad records go to rejects.jsonl; fail: exit 2 at the first."),
+    shard_rows: int = typer.Option(2048, "--shard-rows", help="Records per shard (the unit of resume)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),
+    split: str | None = typer.Option(None, "--split", help="Split of a Hugging Face dataset input."),
+    streaming: bool = typer.Option(False, "--streaming", help="Stream a hub dataset (no up-front count, no ETA)."),
+    revision: str | None = typer.Option(None, "--revision", help="Model revision (hub)."),
+    sae_k: int | None = typer.Option(None, "--sae-k", help="k when the SAE files do not say it."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    executor: str = typer.Option("local", "--executor", help="local: this process; ray: Ray Data encoder actors."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: auto | ray://host:10001 (default: RAY_ADDRESS, else a local Ray)."),
+    workers: int = typer.Option(1, "--workers", help="Ray: encoder actors (one model copy each)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray: GPUs per actor (fractional packs several on a GPU)."),
+) -> None:
+    """Encode a corpus with a model's SAE features into a resumable Parquet feature store."""
+    from pydantic import ValidationError
+
+    from qscope_data.encode import EncodeOptions, run_encode
+    from qscope_data.errors import UsageError
+
+    try:
+        options = EncodeOptions(
+            max_tokens=max_tokens, keep_first=keep_first, span=span, text_field=text_field, id_field=id_field,
+            drop_text=drop_text, token_level=token_level, batch_size=batch_size, shard_rows=shard_rows,
+            device=device, dtype=dtype, on_error=on_error, split=split, streaming=streaming,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    common = dict(overwrite=overwrite, progress=progress, revision=revision, trust_remote_code=trust_remote_code,
+                  sae_k=sae_k)
+    if executor == "ray":
+        from qscope_data.executors.ray import RayOptions, run_encode_ray
+
+        try:
+            ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise UsageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        summary = run_encode_ray(model, sae, layer, list(input), out, options, ray_options, **common)
+    elif executor == "local":
+        summary = run_encode(model, sae, layer, list(input), out, options, **common)
+    else:
+        raise UsageError(f"--executor {executor!r}: expected local or ray")
+    if summary.state == "finished":
+        print(f"{out}: already complete ({summary.documents:,} documents, {summary.rejected:,} rejected); nothing to do")
+        return
+    resumed = f", {summary.shards_skipped} of {summary.shards} shards resumed" if summary.shards_skipped else ""
+    print(
+        f"encoded {summary.documents:,} documents ({summary.tokens:,} tokens), {summary.rejected:,} rejected"
+        f"{' (see ' + str(out / 'rejects.jsonl') + ')' if summary.rejected else ''} in {summary.seconds:.1f} s "
+        f"({summary.tokens_per_s:,.0f} tokens/s){resumed} → {out}"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("encode")(encode)

@@ -1,7 +1,61 @@
-"""CLI: run commands (not wired yet)."""
+"""CLI: `qscope run CONFIG` (the whole pipeline as a Prefect flow) and `qscope validate CONFIG` (check, compute nothing).
+
+Thin: parse, call `qscope_flows.pipeline.curation_pipeline` / `qscope_data.stages.check_pipeline`, print.
+Without PREFECT_API_URL the flow runs in Prefect's ephemeral mode (a temporary local server, no setup); with it,
+the runs show up on that server.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
 
 import typer
 
 
+class ExecutorChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def run(
+    config: Path = typer.Argument(..., help="Pipeline config (YAML); see configs/."),
+    executor: ExecutorChoice | None = typer.Option(None, "--executor", help="Encode executor (default: the config's encode.executor)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster: auto | ray://host:10001 (default: the config's, else a local Ray)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Reuse cached stage results and finished shards (default), or recompute all."),
+) -> None:
+    """Run every configured stage (encode → rules → gaps → synth → curate) as Prefect flows; logs on stderr."""
+    from qscope_data.config import load_config
+
+    load_config(config)  # a bad config fails here, with one line, before Prefect starts a server
+    if ray_address:
+        os.environ["RAY_ADDRESS"] = ray_address  # ray.init() joins it when the config names no address
+    from qscope_flows.pipeline import curation_pipeline
+
+    out = curation_pipeline(config_path=str(config.resolve()), executor=executor.value if executor else None,
+                            resume=resume)
+    for stage, value in out.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, path in items:
+            print(f"{stage}{'.' + name if name else ''}: {path}")
+
+
+def validate(
+    config: Path = typer.Argument(..., help="Pipeline config (YAML)."),
+    model: bool = typer.Option(True, "--model/--no-model", help="Also check the model / SAE pair (headers only; needs them reachable)."),
+) -> None:
+    """Check the config, its inputs and rule files, and the model / SAE pair, without computing anything."""
+    from qscope_data.config import load_config
+    from qscope_data.stages import check_pipeline
+
+    cfg = load_config(config)
+    for line in check_pipeline(cfg, check_model=model):
+        print(f"ok: {line}")
+    stages = [s for s in ("rules", "score", "inventory", "gaps", "synth", "curate") if getattr(cfg, s) is not None]
+    print(f"{config}: valid (encode{', ' + ', '.join(stages) if stages else ''})")
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("run")(run)
+    app.command("validate")(validate)

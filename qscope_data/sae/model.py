@@ -91,8 +91,9 @@ class SparseAutoencoder:
             return reference_encode(self.encoder_input(x.double()), self.W_enc, self.b_enc, self.k)
         from qscope_kernels import topk_encode
 
-        xe = self.encoder_input(x)
-        return topk_encode(xe, self.W_enc, self.b_enc, self.k, impl=impl)
+        # The input bias goes to the kernel, which subtracts it exactly (as the reference does in float64).
+        offset = self.b_dec if self.input_bias else None
+        return topk_encode(x, self.W_enc, self.b_enc, self.k, impl=impl, x_offset=offset)
 
     def decode(self, values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x̂ = W_dec · z + b_dec from the sparse (values, ids) form; padding slots contribute nothing."""

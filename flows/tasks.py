@@ -1,0 +1,133 @@
+"""Prefect tasks around the stage functions of `qscope_data.stages`, and the policies every stage shares.
+
+- Cache: a task's key is (stage, the config sections it reads, the bytes of what it reads), from
+  `stages.settings_digest` / `stages.inputs_digest`; results persist under `workdir/.prefect/results`, so the cache
+  lives and dies with the outputs it points at. `resume=False` refreshes the cache (and starts stores over).
+- Retries: `orchestration.retries` with the backoff list `orchestration.retry_delay_seconds`; a `UsageError`
+  (bad config, bad input) is never retried — it would fail the same way.
+- GPU stages (encode, synth) hold a slot of the global concurrency limit `orchestration.gpu_limit`, created with
+  `orchestration.gpu_slots` slots when it does not exist yet (ephemeral mode starts with none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any, Iterator
+
+from prefect import Task, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
+
+from qscope_data import stages
+from qscope_data.config import PipelineConfig
+from qscope_data.errors import UsageError
+
+
+def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """(stage, config sections it reads, input manifests / file hashes) → the cache key."""
+    config: PipelineConfig = parameters["config"]
+    stage = context.task.name
+    parts = [stage, config.workdir, stages.settings_digest(config, stage, parameters.get("corpus")),
+             stages.inputs_digest([p for p in parameters.get("inputs", []) if p])]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def retry_unless_usage_error(task: Task, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (I/O, a lost worker, an OOM'd GPU); never a `UsageError`."""
+    try:
+        state.result()
+    except UsageError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def configured(t: Task, config: PipelineConfig, resume: bool) -> Task:
+    """The task with the config's retries / backoff and the workdir's result storage."""
+    o = config.orchestration
+    return t.with_options(retries=o.retries, retry_delay_seconds=list(o.retry_delay_seconds),
+                          result_storage=stages.layout(config).results, refresh_cache=not resume)
+
+
+def ensure_gpu_limit(config: PipelineConfig) -> None:
+    """Create the global concurrency limit GPU stages take a slot of, if the server does not have it yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name, slots = config.orchestration.gpu_limit, config.orchestration.gpu_slots
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:  # another flow created it in between
+                pass
+
+
+@contextmanager
+def gpu_slot(config: PipelineConfig) -> Iterator[None]:
+    with concurrency(config.orchestration.gpu_limit, occupy=1, strict=False):
+        yield
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+def publish(config: PipelineConfig, result: dict[str, Any], *parts: str) -> None:
+    """The stage's summary as a markdown artifact (also for cached results), and one log line."""
+    create_markdown_artifact(markdown=result["markdown"] or f"{result['stage']}: done",
+                             key=artifact_key(config.name, result["stage"], *parts),
+                             description=f"qscope {result['stage']} ({config.name})")
+    get_run_logger().info("%s%s → %s", result["stage"], f" {' '.join(parts)}" if parts else "",
+                          ", ".join(f"{k}: {v}" for k, v in result["outputs"].items()))
+
+
+_TASK = dict(cache_key_fn=stage_cache_key, persist_result=True, retry_condition_fn=retry_unless_usage_error)
+
+
+@task(name="encode", task_run_name="encode-{corpus}", **_TASK)
+def encode_task(config: PipelineConfig, corpus: str, inputs: list[str], executor: stages.Executor | None = None,
+                resume: bool = True) -> dict[str, Any]:
+    with gpu_slot(config):
+        return asdict(stages.encode_corpus(config, corpus, executor=executor, resume=resume))
+
+
+@task(name="mine", **_TASK)
+def mine_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
+    return asdict(stages.mine_rules(config, inputs[0]))
+
+
+@task(name="score", **_TASK)
+def score_task(config: PipelineConfig, inputs: list[str], store: str, mined: str | None = None) -> dict[str, Any]:
+    return asdict(stages.score_corpus(config, store, mined))
+
+
+@task(name="select", **_TASK)
+def select_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
+    return asdict(stages.select_inventory(config, inputs[0]))
+
+
+@task(name="gaps", **_TASK)
+def gaps_task(config: PipelineConfig, inputs: list[str], inventory: str, target_store: str) -> dict[str, Any]:
+    return asdict(stages.find_gaps(config, inventory, target_store))
+
+
+@task(name="synth", **_TASK)
+def synth_task(config: PipelineConfig, inputs: list[str], gaps_dir: str, inventory: str | None = None) -> dict[str, Any]:
+    with gpu_slot(config):
+        return asdict(stages.synthesize_gaps(config, gaps_dir, inventory))
+
+
+@task(name="curate", **_TASK)
+def curate_task(config: PipelineConfig, inputs: list[str], store: str, scores: str | None = None,
+                synth: str | None = None) -> dict[str, Any]:
+    return asdict(stages.curate_corpus(config, store, scores, synth))

@@ -1,0 +1,498 @@
+"""The encode stage: corpus records → model forward (stopped after the deepest SAE layer) → TopK SAE → feature store.
+
+There is one encode path. `featurize` / `encode_records` turn a list of records into document tables (one per
+layer); `encode_shard` does that for one shard and writes it through the `StoreWriter`; `run_encode` is the local
+executor (validation, resume, progress, summary). The Ray executor calls `encode_shard` from its actors, and
+synthesis verification calls `featurize` on its candidates, so all three aggregate features the same way.
+
+Sharding (what makes resume exact): the input is read in order and cut into shards of ``shard_rows`` *valid*
+records — shard i holds valid records [i·shard_rows, (i+1)·shard_rows). Rejected input lines do not count; each
+goes with the shard that is open when it is read (the one holding the next valid record before it was full, i.e.
+rejects after a shard's last record belong to that shard; trailing rejects to the last shard). The plan depends
+only on the input and ``shard_rows``, so a rerun finds the same shards and skips those with a completion marker.
+Records that fail later (a chat template that raises) are rejected inside their shard, which then has fewer rows.
+
+Aggregation per document and layer, over the *aggregated positions* (the span's positions, padding never,
+position 0 only with ``keep_first``): feature_ids = features active at ≥ 1 position (ascending), max_acts = their
+maximum, fire_counts = positions where active. Batches are formed by length within a shard (right padding: causal
+and linear-attention blocks never see the padding of their own sequence) and rows come back in input order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from qscope_data.capture import LoadedModel, capture, check_layers, load_model
+from qscope_data.errors import DataError, UsageError
+from qscope_data.inputs import Record, Reject, input_fingerprint, iter_records, resolve_paths
+from qscope_data.passthrough import PassthroughColumns
+from qscope_data.sae import SparseAutoencoder, load_sae
+from qscope_data.spans import tokenize_records
+from qscope_data.store import (
+    FEATURE_SCHEMA,
+    TOKEN_SCHEMA,
+    FeatureStore,
+    SAEInfo,
+    ShardMarker,
+    StoreManifest,
+    StoreWriter,
+)
+from qscope_data.torch_dtypes import parse_dtype
+
+
+class EncodeOptions(BaseModel):
+    """How records become feature rows. The fields in `OUTPUT_FIELDS` change what is written (resume checks them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(256, ge=1, description="truncate each record to its first N tokens")
+    keep_first: bool = Field(False, description="aggregate position 0 too (attention-sink outliers)")
+    span: Literal["all", "prompt", "response"] = Field("all", description="chat records: positions aggregated")
+    text_field: str = "text"
+    id_field: str = "id"
+    drop_text: bool = Field(False, description="leave the text / messages out of the pass-through columns")
+    token_level: bool = Field(False, description="also write the per-position top-k table")
+    batch_size: int = Field(16, ge=1)
+    shard_rows: int = Field(2048, ge=1, description="valid records per shard")
+    device: str = "cpu"
+    dtype: str = Field("auto", description="model dtype: auto | float32 | bfloat16 | float16")
+    on_error: Literal["skip", "fail"] = "skip"
+    split: str | None = Field(None, description="split of a Hugging Face dataset input")
+    streaming: bool = Field(False, description="stream a hub dataset (no up-front scan: no ETA)")
+
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_tokens", "keep_first", "span", "text_field", "id_field", "drop_text",
+                                      "token_level", "shard_rows", "dtype", "split")
+
+    def output_options(self) -> dict:
+        return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
+
+    def passthrough(self) -> PassthroughColumns:
+        """The (empty) pass-through column set these options imply: the id is `doc_id`; text unless drop_text."""
+        exclude = {self.id_field}
+        if self.drop_text:
+            exclude |= {self.text_field, "messages"}
+        return PassthroughColumns(exclude=exclude)
+
+
+# -- records → tables ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedRecords:
+    docs: dict[int, pa.Table]  # layer → document table (rows in input order, rejected records left out)
+    tokens: dict[int, pa.Table] | None  # layer → token table (with token_level)
+    rejects: list[Reject] = field(default_factory=list)
+    n_tokens: int = 0
+    n_positions: int = 0
+
+
+def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first: a GPU out-of-memory shows at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def featurize(
+    lm: LoadedModel, saes: dict[int, SparseAutoencoder], records: list[Record], options: EncodeOptions
+) -> dict[int, pa.Table]:
+    """Document tables {layer: table} for `records`; records that cannot be tokenised have no row."""
+    return encode_records(lm, saes, records, options).docs
+
+
+def encode_records(
+    lm: LoadedModel,
+    saes: dict[int, SparseAutoencoder],
+    records: list[Record],
+    options: EncodeOptions,
+    columns: PassthroughColumns | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    tokenized: list | None = None,
+) -> EncodedRecords:
+    """Tokenise, batch by length, capture every layer in one forward, encode, aggregate per document.
+
+    `columns` fixes the pass-through types (corpus-wide); without it they are inferred from `records`.
+    `on_batch(n_docs, n_tokens)` is called after each batch (progress).
+    `tokenized`: `tokenize_records(...)` of `records` with these options, done elsewhere (the Ray executor's CPU tasks).
+    """
+    layers = sorted(saes)
+    if tokenized is None:
+        tokenized = tokenize_records(lm.tokenizer, records, max_tokens=options.max_tokens, span=options.span,
+                                     keep_first=options.keep_first)
+    rejects = [Reject(r.file, r.line, t, r.doc_id) for r, t in zip(records, tokenized) if isinstance(t, str)]
+    ok = [i for i, t in enumerate(tokenized) if not isinstance(t, str)]
+    docs = [tokenized[i] for i in ok]
+    kept = [records[i] for i in ok]
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    parts: dict[int, list] = {n: [] for n in layers}
+    token_parts: dict[int, list] = {n: [] for n in layers}
+    device = lm.device
+    with torch.inference_mode():
+        for batch in plan_batches([d.n_tokens for d in docs], options.batch_size):
+            width = max(docs[j].n_tokens for j in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            agg = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, j in enumerate(batch):
+                n = docs[j].n_tokens
+                ids[row, :n] = torch.as_tensor(docs[j].input_ids)
+                attn[row, :n] = 1
+                agg[row, :n] = torch.from_numpy(docs[j].aggregate)
+            hidden = capture(lm, ids, attn, layers)
+            agg_dev = agg.to(device)
+            where = agg.nonzero()  # [N, 2] (row, position), row-major: the order of hidden[n][agg]
+            doc_of = torch.as_tensor(batch, dtype=torch.long)[where[:, 0]]
+            for n in layers:
+                sae = saes[n]
+                x = hidden[n][agg_dev]
+                values, fids = sae.encode(x.to(sae.device))
+                values, fids = values.cpu(), fids.cpu()
+                parts[n].append(_aggregate(doc_of, values, fids, sae.d_sae))
+                if options.token_level:
+                    token_parts[n].append((doc_of, where[:, 1], ids[where[:, 0], where[:, 1]], values, fids))
+            if on_batch is not None:
+                on_batch(len(batch), int(attn.sum()))
+    if columns is None:
+        columns = options.passthrough().observe_all(r.fields for r in kept)
+    passthrough = columns.table([r.fields for r in kept])
+    doc_ids = pa.array([r.doc_id for r in kept], pa.string())
+    n_tokens = np.array([d.n_tokens for d in docs], dtype=np.int32)
+    n_positions = np.array([d.n_positions for d in docs], dtype=np.int32)
+    tables = {n: _doc_table(doc_ids, n_tokens, n_positions, parts[n], saes[n].d_sae, passthrough) for n in layers}
+    tokens = None
+    if options.token_level:
+        tokens = {n: _token_table(doc_ids, token_parts[n]) for n in layers}
+    return EncodedRecords(tables, tokens, rejects, int(n_tokens.sum()), int(n_positions.sum()))
+
+
+def _aggregate(doc: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, d_sae: int):
+    """Per (doc, feature) over positions: max activation and number of positions where active. Keys sorted."""
+    valid = ids >= 0
+    keys = (doc.unsqueeze(1) * d_sae + ids)[valid]
+    vals = values[valid]
+    uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    maxes = torch.full((uniq.numel(),), float("-inf"), dtype=torch.float32).scatter_reduce_(0, inverse, vals, "amax")
+    counts = torch.bincount(inverse, minlength=uniq.numel())
+    return uniq, maxes, counts
+
+
+def _doc_table(doc_ids: pa.Array, n_tokens: np.ndarray, n_positions: np.ndarray, parts: list, d_sae: int,
+               passthrough: pa.Table) -> pa.Table:
+    n_docs = len(doc_ids)
+    if parts:
+        keys = torch.cat([p[0] for p in parts])
+        order = torch.argsort(keys)  # docs are disjoint across batches, so keys are unique
+        keys, maxes, counts = keys[order], torch.cat([p[1] for p in parts])[order], torch.cat([p[2] for p in parts])[order]
+    else:
+        keys, maxes, counts = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    doc = (keys // d_sae).numpy()
+    offsets = np.zeros(n_docs + 1, dtype=np.int32)
+    np.cumsum(np.bincount(doc, minlength=n_docs), out=offsets[1:])
+    off = pa.array(offsets, pa.int32())
+
+    def lists(flat: np.ndarray, typ: pa.DataType) -> pa.Array:
+        return pa.ListArray.from_arrays(off, pa.array(flat, typ))
+
+    arrays = [
+        doc_ids,
+        pa.array(n_tokens, pa.int32()),
+        pa.array(n_positions, pa.int32()),
+        lists((keys % d_sae).numpy().astype(np.int32), pa.int32()),
+        lists(maxes.numpy().astype(np.float32), pa.float32()),
+        lists(counts.numpy().astype(np.int32), pa.int32()),
+    ]
+    table = pa.Table.from_arrays(arrays, schema=FEATURE_SCHEMA)
+    for name in passthrough.column_names:
+        table = table.append_column(passthrough.schema.field(name), passthrough.column(name))
+    return table
+
+
+def _token_table(doc_ids: pa.Array, parts: list) -> pa.Table:
+    if not parts:
+        return TOKEN_SCHEMA.empty_table()
+    doc, pos, tok, values, ids = (torch.cat([p[i] for p in parts]) for i in range(5))
+    order = torch.from_numpy(np.lexsort((pos.numpy(), doc.numpy())))
+    doc, pos, tok, values, ids = doc[order], pos[order], tok[order], values[order], ids[order]
+    valid = ids >= 0  # encode returns values descending with -1 padding at the end of each row
+    offsets = np.zeros(len(doc) + 1, dtype=np.int32)
+    np.cumsum(valid.sum(1).numpy(), out=offsets[1:])
+    off = pa.array(offsets, pa.int32())
+    return pa.Table.from_arrays([
+        doc_ids.take(pa.array(doc.numpy())),
+        pa.array(pos.numpy().astype(np.int32), pa.int32()),
+        pa.array(tok.numpy().astype(np.int32), pa.int32()),
+        pa.ListArray.from_arrays(off, pa.array(ids[valid].numpy().astype(np.int32), pa.int32())),
+        pa.ListArray.from_arrays(off, pa.array(values[valid].numpy().astype(np.float32), pa.float32())),
+    ], schema=TOKEN_SCHEMA)
+
+
+# -- input → shards -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    index: int
+    records: list[Record]
+    rejects: list[Reject]
+
+
+@dataclass
+class InputScan:
+    paths: list[str]
+    fingerprint: str
+    n_records: int | None  # None when streaming (not scanned up front)
+    n_rejects: int | None
+    n_shards: int | None
+    columns: PassthroughColumns | None
+
+
+def iter_shards(paths: list[str], options: EncodeOptions) -> Iterator[Shard]:
+    """The deterministic shard plan (see the module docstring). `on_error=fail` raises at the first reject."""
+    index, records, rejects = 0, [], []
+    for item in iter_records(paths, text_field=options.text_field, id_field=options.id_field, split=options.split,
+                             streaming=options.streaming):
+        if isinstance(item, Reject):
+            if options.on_error == "fail":
+                raise DataError(f"{item.file}:{item.line}: {item.reason} (--on-error fail)")
+            rejects.append(item)
+            continue
+        if len(records) == options.shard_rows:
+            yield Shard(index, records, rejects)
+            index, records, rejects = index + 1, [], []
+        records.append(item)
+    if records or rejects:
+        yield Shard(index, records, rejects)
+
+
+def resolve_inputs(inputs: str | Path | list) -> InputScan:
+    """Resolve files / globs / folders / datasets (fails fast on a wrong path) and fingerprint their bytes."""
+    paths = [os.path.abspath(p) if os.path.exists(p) else p for p in resolve_paths(inputs)]
+    return InputScan(paths, input_fingerprint(paths), None, None, None, None)
+
+
+def scan_inputs(scan: InputScan, options: EncodeOptions) -> InputScan:
+    """Read the inputs once before encoding: count records and shards, fix the pass-through types, and (with
+    on_error=fail) stop at the first malformed record before anything is written. Skipped when streaming."""
+    if options.streaming:
+        return scan
+    columns = options.passthrough()
+    n_records = n_rejects = n_shards = 0
+    for shard in iter_shards(scan.paths, options):
+        n_shards += 1
+        n_records += len(shard.records)
+        n_rejects += len(shard.rejects)
+        for rec in shard.records:
+            columns.observe(rec.fields)
+    if n_shards == 0:
+        raise UsageError(f"input {', '.join(scan.paths)}: holds no records")
+    columns.observe_all([])
+    return InputScan(scan.paths, scan.fingerprint, n_records, n_rejects, n_shards, columns)
+
+
+def encode_shard(
+    lm: LoadedModel,
+    saes: dict[int, SparseAutoencoder],
+    shard: Shard,
+    writer: StoreWriter,
+    options: EncodeOptions,
+    columns: PassthroughColumns,
+    on_batch: Callable[[int, int], None] | None = None,
+    tokenized: list | None = None,
+) -> ShardMarker:
+    """Encode one shard and write it (files, rejects, marker). The unit a worker runs; safe to repeat."""
+    result = encode_records(lm, saes, shard.records, options, columns, on_batch=on_batch, tokenized=tokenized)
+    if result.rejects and options.on_error == "fail":
+        first = result.rejects[0]
+        raise DataError(f"{first.file}:{first.line}: {first.reason} (--on-error fail)")
+    rejects = [r.to_json() for r in sorted(shard.rejects + result.rejects, key=lambda r: (r.file, r.line))]
+    stats = {"n_records": len(shard.records), "n_tokens": result.n_tokens, "n_positions": result.n_positions}
+    return writer.write_shard(shard.index, result.docs, tokens=result.tokens, rejects=rejects, stats=stats)
+
+
+# -- the local executor -------------------------------------------------------------------------------------
+
+
+class EncodeSummary(BaseModel):
+    out: str
+    state: Literal["new", "resume", "finished"]  # what the run found in --out
+    documents: int
+    rejected: int
+    tokens: int
+    shards: int
+    shards_skipped: int = 0
+    seconds: float = 0.0  # the whole run, model loading included
+    load_seconds: float = 0.0  # loading the model and SAEs
+    encode_seconds: float = 0.0  # the shard loop
+    tokens_encoded: int = 0  # by this run (resumed shards excluded)
+    documents_encoded: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+    @property
+    def documents_per_s(self) -> float:
+        return self.documents_encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+
+def load_saes(spec: str, layers: list[int], *, device: str = "cpu", k: int | None = None) -> dict[int, SparseAutoencoder]:
+    """One SAE per requested layer from `spec` (a Qwen-Scope folder holds one file per layer)."""
+    saes: dict[int, SparseAutoencoder] = {}
+    for n in layers:
+        sae = load_sae(spec, n, k=k, device=device)
+        if sae.layer is not None and sae.layer != n:
+            raise UsageError(f"SAE {spec} reads the output of block {sae.layer}, not --layer {n}")
+        saes[n] = sae
+    return saes
+
+
+def check_compatible(lm: LoadedModel, saes: dict[int, SparseAutoencoder]) -> None:
+    for n, sae in saes.items():
+        if sae.d_model != lm.d_model:
+            raise UsageError(f"SAE {sae.source or ''} for layer {n} has d_model {sae.d_model}, but model "
+                             f"{lm.model_id} has hidden size {lm.d_model}")
+
+
+def job_identity(model: str, revision: str | None, sae_spec: str, sae_k: int | None, layers: list[int],
+                 scan: InputScan, options: EncodeOptions) -> dict:
+    """What makes two runs the same job (resume) — specs, not loaded objects, so a finished rerun loads nothing."""
+    return {
+        "model": {"id": os.path.abspath(model) if os.path.exists(model) else model, "revision": revision},
+        "sae": {"spec": os.path.abspath(sae_spec) if os.path.exists(sae_spec) else sae_spec, "k": sae_k},
+        "layers": sorted(set(layers)),
+        "options": options.output_options(),
+        "inputs": {"paths": scan.paths, "fingerprint": scan.fingerprint},
+    }
+
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qscope-data")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_encode(
+    model: str,
+    sae_spec: str,
+    layers: list[int] | None,
+    inputs: str | Path | list,
+    out: str | Path,
+    options: EncodeOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    sae_k: int | None = None,
+) -> EncodeSummary:
+    """Encode `inputs` into the store at `out`; resumes an unfinished run, does nothing for a finished one.
+
+    Everything is validated before anything is written: inputs resolve, the layers exist in the model, each SAE's
+    d_model equals the model's hidden size, and (with on_error=fail) no input record is malformed.
+    """
+    options = options or EncodeOptions()
+    start = time.perf_counter()
+    out = Path(out)
+    layers = list(dict.fromkeys(layers or []))
+    inputs_scan = resolve_inputs(inputs)
+    if not layers:
+        sae = load_sae(sae_spec, None, k=sae_k)
+        if sae.layer is None:
+            raise UsageError(f"SAE {sae_spec} does not say which layer it reads; pass --layer")
+        layers = [sae.layer]
+    writer = StoreWriter(out, layers, token_level=options.token_level)
+    job = job_identity(model, revision, sae_spec, sae_k, layers, inputs_scan, options)
+    if writer.state(job, overwrite=overwrite) == "finished":
+        manifest = FeatureStore(out).manifest
+        return EncodeSummary(out=str(out), state="finished", documents=manifest.n_documents,
+                             rejected=manifest.n_rejected, tokens=int(manifest.stats.get("n_tokens", 0)),
+                             shards=int(manifest.stats.get("n_shards", 0)), shards_skipped=int(manifest.stats.get("n_shards", 0)),
+                             seconds=time.perf_counter() - start)
+
+    load_start = time.perf_counter()
+    lm = load_model(model, device=options.device, dtype=parse_dtype(options.dtype), revision=revision,
+                    trust_remote_code=trust_remote_code)
+    check_layers(lm, layers)
+    saes = load_saes(sae_spec, layers, device=options.device, k=sae_k)
+    check_compatible(lm, saes)
+    load_seconds = time.perf_counter() - load_start
+    scan = scan_inputs(inputs_scan, options)
+    state = writer.begin(job, overwrite=overwrite)
+
+    manifest = StoreManifest(
+        model=lm.describe(),
+        saes=[SAEInfo(layer=n, source=s.source, format=s.format, k=s.k, d_sae=s.d_sae, d_model=s.d_model, hook=s.hook)
+              for n, s in saes.items()],
+        options=options.output_options(),
+        inputs={"paths": scan.paths, "fingerprint": scan.fingerprint, "n_records": scan.n_records},
+        code_version=code_version(),
+    )
+    skipped = encoded_tokens = encoded_docs = n_shards = 0
+    columns = scan.columns
+    loop_start = time.perf_counter()
+    with _Progress(progress, total=scan.n_records) as bar:
+        for shard in iter_shards(scan.paths, options):
+            n_shards += 1
+            if state == "resume" and writer.done(shard.index):
+                skipped += 1
+                bar.skip(len(shard.records))
+                continue
+            if columns is None:  # streaming: the first shard fixes the pass-through types
+                columns = options.passthrough().observe_all(r.fields for r in shard.records)
+            marker = encode_shard(lm, saes, shard, writer, options, columns, on_batch=bar.advance)
+            encoded_tokens += int(marker.stats.get("n_tokens", 0))
+            encoded_docs += marker.rows
+    store = writer.finish(manifest, n_shards)
+    loop_seconds = time.perf_counter() - loop_start
+    m = store.manifest
+    return EncodeSummary(out=str(out), state=state, documents=m.n_documents, rejected=m.n_rejected,
+                         tokens=int(m.stats.get("n_tokens", 0)), shards=n_shards, shards_skipped=skipped,
+                         seconds=time.perf_counter() - start, load_seconds=load_seconds, encode_seconds=loop_seconds,
+                         tokens_encoded=encoded_tokens, documents_encoded=encoded_docs)
+
+
+class _Progress:
+    """A rich progress bar over documents with a tokens/s column and ETA (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        self.enabled, self.total = enabled, total
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("encode"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.bar.__enter__()
+            self.task = self.bar.add_task("encode", total=self.total, rate="")
+        return self
+
+    def skip(self, n_docs: int) -> None:
+        if self.enabled and self.total is not None:  # resumed shards: out of the total, so the ETA stays honest
+            self.total -= n_docs
+            self.bar.update(self.task, total=self.total)
+
+    def advance(self, n_docs: int, n_tokens: int) -> None:
+        self.tokens += n_tokens
+        if self.enabled:
+            rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=n_docs, rate=f"{rate:,.0f} tok/s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)

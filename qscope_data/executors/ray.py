@@ -1,0 +1,306 @@
+"""The encode stage on a Ray cluster: the same shards, the same encode code, the same store as the local executor.
+
+Pipeline (Ray Data, streaming, so neither the driver nor the object store ever holds the corpus)::
+
+    driver: input → shard plan (`iter_shards`, sequential: doc ids and shard cuts depend on order)
+            → one staged file per pending shard in OUT/_progress/inputs/ (pickle of its records, written
+              and read only by this job)
+    read_binary_files(staged shards)                         Ray Data read, one row per shard
+    .map(tokenize_shard, num_cpus=c)                         CPU tasks: tokenise with the model's tokenizer
+    .map_batches(EncoderActor, num_gpus=G, num_cpus=c,       model + SAEs loaded once per actor; each batch is
+                 batch_size=1, compute=ActorPool(size=N))    one shard: `encode_shard` (the local executor's
+                                                             code) writes it via `StoreWriter` under its index
+    driver: iter_rows() → one small marker per shard (progress), then `StoreWriter.finish` → manifest.json
+
+Shard files are named by shard index only (never Ray's uuids), written write-then-rename with a completion marker,
+so a rerun resumes exactly like the local executor and the finished store is the same, shard for shard. OUT must be
+on a filesystem that the driver and every worker see (a shared volume on a cluster).
+
+On a small machine: actors and tokenise tasks claim fractional CPUs (actors that claim whole CPUs starve Ray Data's
+read tasks on 2 cores and the job hangs), and `batch_size` is always passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from qscope_data import atomic
+from qscope_data.encode import (
+    EncodeOptions,
+    EncodeSummary,
+    Shard,
+    _Progress,
+    code_version,
+    iter_shards,
+    job_identity,
+    resolve_inputs,
+    scan_inputs,
+)
+from qscope_data.errors import QscopeError, UsageError
+from qscope_data.passthrough import PassthroughColumns
+from qscope_data.preflight import check_pair, model_shape, sae_shape
+from qscope_data.store import PROGRESS_DIR, FeatureStore, SAEInfo, ShardMarker, StoreManifest, StoreWriter
+
+STAGED = "inputs"  # OUT/_progress/inputs/part-{i:05d}.pkl
+
+
+class RayOptions(BaseModel):
+    """Where and how wide the encode runs on Ray."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="None: start a local Ray; 'auto': join this node's cluster; ray://host:10001")
+    workers: int = Field(1, ge=1, description="encoder actors (one model copy each)")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs per actor; fractional packs several actors on a GPU")
+    cpus_per_worker: float = Field(0.25, gt=0.0, description="CPUs an actor claims; keep it fractional on small machines")
+    tokenize_cpus: float = Field(0.25, gt=0.0, description="CPUs a tokenise task claims")
+    tokenize_tasks: int | None = Field(None, ge=1, description="tokenise tasks at once (default: as many as actors); "
+                                       "each runs in a worker process that loads the tokenizer once")
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Join (or start) Ray once; an already-initialised Ray is used as it is (never re-initialised differently)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc})") from None
+
+
+def staged_path(root: Path, index: int) -> Path:
+    return root / PROGRESS_DIR / STAGED / f"part-{index:05d}.pkl"
+
+
+def _index_of(path: str) -> int:
+    return int(Path(path).name.removeprefix("part-").removesuffix(".pkl"))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str, revision: str | None, trust_remote_code: bool):
+    """One tokenizer per worker process (Ray reuses processes, so tasks after the first pay nothing)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def tokenize_shard(row: dict[str, Any], *, model: str, revision: str | None, trust_remote_code: bool,
+                   options: dict) -> dict[str, Any]:
+    """CPU task: a staged shard → its records, input rejects and tokenised documents (what the actor encodes)."""
+    from qscope_data.spans import tokenize_records
+
+    opts = EncodeOptions(**options)
+    records, rejects = pickle.loads(row["bytes"])
+    tokenized = tokenize_records(_tokenizer(model, revision, trust_remote_code), records, max_tokens=opts.max_tokens,
+                                 span=opts.span, keep_first=opts.keep_first)
+    return {"index": _index_of(row["path"]), "payload": pickle.dumps((records, rejects, tokenized), protocol=5)}
+
+
+class EncoderActor:
+    """A Ray Data actor: the model and SAEs are loaded once in `__init__`; each call encodes and writes one shard."""
+
+    def __init__(self, *, model: str, revision: str | None, trust_remote_code: bool, sae_spec: str, sae_k: int | None,
+                 layers: list[int], options: dict, out: str, columns: PassthroughColumns):
+        from qscope_data.capture import check_layers, load_model
+        from qscope_data.encode import check_compatible, load_saes
+        from qscope_data.torch_dtypes import parse_dtype
+
+        self.options = EncodeOptions(**options)
+        self.lm = load_model(model, device=self.options.device, dtype=parse_dtype(self.options.dtype),
+                             revision=revision, trust_remote_code=trust_remote_code)
+        check_layers(self.lm, layers)
+        self.saes = load_saes(sae_spec, layers, device=self.options.device, k=sae_k)
+        check_compatible(self.lm, self.saes)
+        self.writer = StoreWriter(out, layers, token_level=self.options.token_level)
+        self.columns = columns
+        self.describe = json.dumps(describe_loaded(self.lm, self.saes))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from qscope_data.encode import encode_shard
+
+        markers = []
+        for index, payload in zip(batch["index"], batch["payload"]):
+            records, rejects, tokenized = pickle.loads(payload)
+            shard = Shard(int(index), records, rejects)
+            marker = encode_shard(self.lm, self.saes, shard, self.writer, self.options, self.columns, tokenized=tokenized)
+            markers.append(marker.model_dump_json())
+        n = len(markers)
+        return {"index": np.asarray(batch["index"], dtype=np.int64), "marker": np.array(markers, dtype=object),
+                "describe": np.array([self.describe] * n, dtype=object)}
+
+
+def describe_loaded(lm, saes: dict) -> dict:
+    """What the manifest records about the model and SAEs — taken from the loaded objects, as the local executor does."""
+    return {
+        "model": lm.describe(),
+        "saes": [SAEInfo(layer=n, source=s.source, format=s.format, k=s.k, d_sae=s.d_sae, d_model=s.d_model,
+                         hook=s.hook).model_dump() for n, s in saes.items()],
+    }
+
+
+def _describe_task(model: str, revision: str | None, trust_remote_code: bool, sae_spec: str, sae_k: int | None,
+                   layers: list[int], options: dict) -> dict:
+    """For a resumed run whose shards were all done already: load once on a worker just to describe."""
+    from qscope_data.capture import load_model
+    from qscope_data.encode import load_saes
+    from qscope_data.torch_dtypes import parse_dtype
+
+    opts = EncodeOptions(**options)
+    lm = load_model(model, device=opts.device, dtype=parse_dtype(opts.dtype), revision=revision,
+                    trust_remote_code=trust_remote_code)
+    return describe_loaded(lm, load_saes(sae_spec, layers, device=opts.device, k=sae_k))
+
+
+def _user_error(exc: BaseException) -> QscopeError | None:
+    """The project error a Ray task raised, if any (Ray wraps it; the CLI should still print one line)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, QscopeError):
+            return cur
+        stack += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
+    return None
+
+
+def run_encode_ray(
+    model: str,
+    sae_spec: str,
+    layers: list[int] | None,
+    inputs: str | Path | list,
+    out: str | Path,
+    options: EncodeOptions | None = None,
+    ray_options: RayOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    sae_k: int | None = None,
+) -> EncodeSummary:
+    """`run_encode`'s contract on Ray: same validation first, same resume, same store; returns the same summary."""
+    options = options or EncodeOptions()
+    ray_options = ray_options or RayOptions()
+    start = time.perf_counter()
+    out = Path(out)
+    layers = list(dict.fromkeys(layers or []))
+    if options.device.startswith("cuda") and ray_options.gpus_per_worker <= 0:
+        raise UsageError(f"--device {options.device} on Ray needs --gpus-per-worker > 0 (Ray hides GPUs from actors without one)")
+    inputs_scan = resolve_inputs(inputs)
+    if not layers:
+        found = sae_shape(sae_spec, None, k=sae_k).layer
+        if found is None:
+            raise UsageError(f"SAE {sae_spec} does not say which layer it reads; pass --layer")
+        layers = [found]
+    writer = StoreWriter(out, layers, token_level=options.token_level)
+    job = job_identity(model, revision, sae_spec, sae_k, layers, inputs_scan, options)
+    if writer.state(job, overwrite=overwrite) == "finished":
+        m = FeatureStore(out).manifest
+        n_shards = int(m.stats.get("n_shards", 0))
+        return EncodeSummary(out=str(out), state="finished", documents=m.n_documents, rejected=m.n_rejected,
+                             tokens=int(m.stats.get("n_tokens", 0)), shards=n_shards, shards_skipped=n_shards,
+                             seconds=time.perf_counter() - start)
+
+    # Validate from headers on the driver (it may be a CPU node): depth, widths, k — before anything is written.
+    shape = model_shape(model, revision=revision, trust_remote_code=trust_remote_code)
+    for n in layers:
+        check_pair(shape, sae_shape(sae_spec, n, k=sae_k), n)
+    scan = scan_inputs(inputs_scan, options)
+    state = writer.begin(job, overwrite=overwrite)
+
+    # Stage the pending shards (the plan is sequential; the work is not).
+    columns = scan.columns
+    pending: list[int] = []
+    skipped = n_shards = 0
+    skipped_docs = 0
+    for shard in iter_shards(scan.paths, options):
+        n_shards += 1
+        if state == "resume" and writer.done(shard.index):
+            skipped += 1
+            skipped_docs += len(shard.records)
+            continue
+        if columns is None:  # streaming: the first shard to encode fixes the pass-through types (as run_encode does)
+            columns = options.passthrough().observe_all(r.fields for r in shard.records)
+        atomic.write_bytes(staged_path(out, shard.index), pickle.dumps((shard.records, shard.rejects), protocol=5))
+        pending.append(shard.index)
+
+    common = dict(model=model, revision=revision, trust_remote_code=trust_remote_code)
+    opts = options.model_dump()
+    described: dict | None = None
+    encoded_docs = encoded_tokens = 0
+    loop_start = time.perf_counter()
+    connect(ray_options.address)
+    import ray
+
+    try:
+        if pending:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False  # ours below counts documents; Ray's would count blocks
+            ds = (
+                ray.data.read_binary_files([str(staged_path(out, i)) for i in pending], include_paths=True,
+                                           override_num_blocks=len(pending))
+                .map(tokenize_shard, fn_kwargs={**common, "options": opts}, num_cpus=ray_options.tokenize_cpus,
+                     compute=ray.data.TaskPoolStrategy(size=ray_options.tokenize_tasks or ray_options.workers))
+                .map_batches(
+                    EncoderActor,
+                    fn_constructor_kwargs={**common, "sae_spec": sae_spec, "sae_k": sae_k, "layers": layers,
+                                           "options": opts, "out": str(out), "columns": columns},
+                    batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ray_options.workers),
+                    num_gpus=ray_options.gpus_per_worker or None, num_cpus=ray_options.cpus_per_worker,
+                )
+            )
+            with _Progress(progress, total=scan.n_records) as bar:
+                bar.skip(skipped_docs)
+                for row in ds.iter_rows():
+                    marker = ShardMarker.model_validate_json(row["marker"])
+                    described = described or json.loads(row["describe"])
+                    encoded_docs += marker.rows
+                    encoded_tokens += int(marker.stats.get("n_tokens", 0))
+                    bar.advance(marker.rows, int(marker.stats.get("n_tokens", 0)))
+        else:
+            remote = ray.remote(num_cpus=ray_options.cpus_per_worker, num_gpus=ray_options.gpus_per_worker or None)
+            described = ray.get(remote(_describe_task).remote(sae_spec=sae_spec, sae_k=sae_k, layers=layers,
+                                                              options=opts, **common))
+    except Exception as exc:
+        user = _user_error(exc)
+        if user is not None:
+            raise user from None
+        raise
+    loop_seconds = time.perf_counter() - loop_start
+
+    manifest = StoreManifest(
+        model=described["model"],
+        saes=[SAEInfo(**s) for s in described["saes"]],
+        options=options.output_options(),
+        inputs={"paths": scan.paths, "fingerprint": scan.fingerprint, "n_records": scan.n_records},
+        code_version=code_version(),
+    )
+    store = writer.finish(manifest, n_shards)
+    shutil.rmtree(out / PROGRESS_DIR / STAGED, ignore_errors=True)
+    m = store.manifest
+    return EncodeSummary(out=str(out), state=state, documents=m.n_documents, rejected=m.n_rejected,
+                         tokens=int(m.stats.get("n_tokens", 0)), shards=n_shards, shards_skipped=skipped,
+                         seconds=time.perf_counter() - start, encode_seconds=loop_seconds,
+                         tokens_encoded=encoded_tokens, documents_encoded=encoded_docs)

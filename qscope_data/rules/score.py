@@ -1,0 +1,194 @@
+"""The score stage: rule files × feature store → scores.parquet + summary.json.
+
+Later stages (curate) act on the outputs alone: summary.json records each rule's action, its hit counts overall and
+per language, the store's manifest hash and every rule file's sha256, so a decision can be traced back without the
+rule files. All names, types and feature ids are checked against the store's schema before any row is read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+from qscope_data import atomic
+from qscope_data.errors import UsageError
+from qscope_data.rules.compile import RuleProgram, compile_rules
+from qscope_data.rules.rulefile import LoadedRuleFile, load_rule_files
+from qscope_data.store import FeatureStore
+
+SCORES = "scores.parquet"
+SUMMARY = "summary.json"
+DEFAULT_BATCH_ROWS = 100_000
+NO_LANG = "(none)"
+
+
+def choose_layer(store: FeatureStore, files: list[LoadedRuleFile], layer: int | None) -> int:
+    """--layer if given, else the layer the rule files' headers name (they must agree), else the store's first."""
+    if layer is not None:
+        return store.resolve_layer(layer)
+    named = {f.header.layer for f in files if f.header.layer is not None}
+    if len(named) > 1:
+        raise UsageError(f"the rule files name different SAE layers ({sorted(named)}): score them separately or pass --layer")
+    if named:
+        wanted = named.pop()
+        if wanted not in store.layers:
+            raise UsageError(f"the rule files refer to SAE layer {wanted} but the store holds layers {store.layers}")
+        return wanted
+    return store.resolve_layer(None)
+
+
+def prepare(store: FeatureStore, rule_paths: list[str | Path], layer: int | None) -> tuple[list[LoadedRuleFile], int, RuleProgram]:
+    """Load and compile the rules for a store layer — every error before data is read."""
+    files = load_rule_files(list(rule_paths))
+    layer = choose_layer(store, files, layer)
+    schema = store.scan(layer).collect_schema()
+    program = compile_rules(files, schema, store_d_sae=store.manifest.sae(layer).d_sae)
+    return files, layer, program
+
+
+def scan_batches(lf: pl.LazyFrame, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    """Row batches of a store scan (projected to `columns`); slices push down to the Parquet reader, and the next
+    batch is read in a background thread while the caller works on the current one (polars releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = count_rows(lf)
+    projected = lf.select(columns)
+    starts = list(range(0, n, batch_rows))
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qscope-read") as pool:
+        pending = pool.submit(projected.slice(starts[0], batch_rows).collect)
+        for i in range(len(starts)):
+            batch = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(projected.slice(starts[i + 1], batch_rows).collect)
+            yield batch
+
+
+def count_rows(lf: pl.LazyFrame) -> int:
+    return int(lf.select(pl.len()).collect().item())
+
+
+class _Bar:
+    """Rich progress on stderr (documents, rate, ETA); a no-op when disabled."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} docs/s"), TimeRemainingColumn(), console=Console(stderr=True),
+        )
+        self.task = self.progress.add_task(label, total=total, rate="-")
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> "_Bar":
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def advance(self, n: int, done: int) -> None:
+        if self.enabled:
+            rate = done / max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(self.task, advance=n, rate=f"{rate:,.0f}")
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+
+def evaluate_store(
+    store: FeatureStore, program: RuleProgram, layer: int, *, batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: bool = False, apply_languages: bool = True, extra_columns: list[str] | None = None,
+) -> pl.DataFrame:
+    """Rule outcomes for every document of a layer (batched; memory bounded by batch_rows × referenced features)."""
+    lf = store.scan(layer)
+    outputs = set(program.output_columns())
+    extra = [c for c in dict.fromkeys(extra_columns or []) if c not in outputs]
+    columns = program.read_columns + [c for c in extra if c not in program.read_columns]
+    total = count_rows(lf)
+    parts: list[pl.DataFrame] = []
+    done = 0
+    with _Bar(total, "score", progress) as bar:
+        for batch in scan_batches(lf, columns, batch_rows):
+            out = program.evaluate(batch, apply_languages=apply_languages)
+            if extra:
+                out = out.with_columns(batch.select(extra))
+            parts.append(out)
+            done += batch.height
+            bar.advance(batch.height, done)
+    if not parts:  # an empty store still yields every output column, typed
+        empty = lf.select(columns).head(0).collect()
+        out = program.evaluate(empty, apply_languages=apply_languages)
+        return out.with_columns(empty.select(extra)) if extra else out
+    return pl.concat(parts, how="vertical")
+
+
+def hit_summary(scores: pl.DataFrame, program: RuleProgram) -> dict[str, Any]:
+    """Per rule: action, hits overall and per language (and the documents per language, for rates)."""
+    has_lang = "lang" in scores.columns
+    names = [r.name for r in program.rules]
+    docs_by_lang: dict[str, int] = {}
+    by_lang: dict[str, dict[str, int]] = {}
+    totals = scores.select([pl.col(n).sum() for n in names]).row(0, named=True) if names else {}
+    if has_lang:
+        grouped = (
+            scores.group_by(pl.col("lang").fill_null(NO_LANG))
+            .agg(pl.len().alias("__docs"), *[pl.col(n).sum() for n in names])
+            .sort("lang")
+        )
+        docs_by_lang = {row["lang"]: int(row["__docs"]) for row in grouped.iter_rows(named=True)}
+        by_lang = {n: {row["lang"]: int(row[n]) for row in grouped.iter_rows(named=True)} for n in names}
+    rules: dict[str, Any] = {}
+    for r in program.rules:
+        hits = int(totals[r.name] or 0)
+        entry: dict[str, Any] = {
+            "action": r.action,
+            "file": str(r.rule.path),
+            "when": r.rule.model.when.strip(),
+            "score": r.rule.model.score.strip() if r.rule.model.score else None,
+            "languages": r.languages,
+            "hits": hits,
+            "hit_rate": hits / scores.height if scores.height else 0.0,
+        }
+        if has_lang:
+            entry["hits_by_lang"] = by_lang[r.name]
+        rules[r.name] = entry
+    return {"n_documents": scores.height, "documents_by_lang": docs_by_lang, "rules": rules}
+
+
+def score_store(
+    rule_paths: list[str | Path], store_path: str | Path, out_dir: str | Path, *, layer: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
+) -> dict[str, Any]:
+    """Score every document of the store with every rule; write DIR/scores.parquet and DIR/summary.json atomically."""
+    if not rule_paths:
+        raise UsageError("give at least one --rules file")
+    store = FeatureStore(store_path)
+    files, layer, program = prepare(store, rule_paths, layer)
+    start = time.perf_counter()
+    scores = evaluate_store(store, program, layer, batch_rows=batch_rows, progress=progress)
+    elapsed = time.perf_counter() - start
+    out = Path(out_dir)
+    atomic.write_parquet(out / SCORES, scores.select(program.output_columns()).to_arrow())
+    summary = {
+        "kind": "qscope-scores",
+        "store": str(Path(store_path)),
+        "store_manifest_sha256": store.manifest_hash(),
+        "layer": layer,
+        "d_sae": store.manifest.sae(layer).d_sae,
+        "rule_files": [{"path": str(f.path), "sha256": f.sha256} for f in files],
+        "columns": program.output_columns(),
+        **hit_summary(scores, program),
+        "elapsed_s": round(elapsed, 3),
+        "docs_per_s": round(scores.height / elapsed, 1) if elapsed > 0 else None,
+    }
+    atomic.write_json(out / SUMMARY, summary)
+    return summary

@@ -1,0 +1,355 @@
+"""The pipeline's stages as functions of one validated config: what `qscope run`'s Prefect flows call.
+
+Each function maps the config's section onto its stage library (encode / executors.ray, rules, coverage, synth,
+curate), writes to a fixed place under `workdir` (`Layout`), and returns a `StageResult`: the paths it wrote, a
+small summary and a markdown paragraph for people (the flows publish it as an artifact). Nothing here knows about
+Prefect; the flows add retries, caching, concurrency limits and artifacts around these calls.
+
+`settings_digest` and `inputs_digest` are what a cached result is keyed on: the config sections a stage reads and
+the bytes of what it reads (store manifests, rule files, input files), so a rerun with the same config over the
+same data hits the cache and any change upstream misses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from qscope_data import atomic
+from qscope_data.config import PipelineConfig
+from qscope_data.errors import UsageError
+
+Executor = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage writes, under the config's workdir."""
+
+    root: Path
+
+    def store(self, corpus: str) -> Path:
+        return self.root / "stores" / corpus
+
+    @property
+    def mined_rules(self) -> Path:
+        return self.root / "rules" / "mined.yaml"
+
+    def scores(self, corpus: str) -> Path:
+        return self.root / "scores" / corpus
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.yaml"
+
+    @property
+    def gaps(self) -> Path:
+        return self.root / "gaps"
+
+    @property
+    def synth(self) -> Path:
+        return self.root / "synth"
+
+    @property
+    def curated(self) -> Path:
+        return self.root / "curated"
+
+    @property
+    def results(self) -> Path:
+        """Where the flows persist task results (the cache lives with the outputs it describes)."""
+        return self.root / ".prefect" / "results"
+
+
+def layout(config: PipelineConfig) -> Layout:
+    return Layout(Path(config.workdir))
+
+
+@dataclass
+class StageResult:
+    stage: str
+    outputs: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    markdown: str = ""
+
+
+# -- cache keys -------------------------------------------------------------------------------------------------
+
+# The config sections each stage's output depends on (executor choice and orchestration settings never change outputs).
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "encode": ("model", "sae", "encode.batch_size", "encode.shard_rows"),
+    "mine": ("rules.mine",),
+    "score": ("rules.files", "score"),
+    "select": ("inventory",),
+    "gaps": ("gaps",),
+    "synth": ("model", "sae", "synth"),
+    "curate": ("curate", "name", "corpora"),
+}
+
+
+def settings_digest(config: PipelineConfig, stage: str, corpus: str | None = None) -> str:
+    """sha256 of the config sections `stage` reads (and the corpus' own section for per-corpus stages)."""
+    data = config.model_dump(mode="json")
+    picked: dict[str, Any] = {}
+    for path in _SECTIONS[stage]:
+        value: Any = data
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        picked[path] = value
+    if corpus is not None:
+        picked["corpus"] = data["corpora"][corpus]
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+def inputs_digest(paths: list[str | Path]) -> str:
+    """sha256 over what a stage reads: a store by its manifest, an output folder by its summary / manifest, a file
+    by its bytes, a glob or folder by the files in it. A missing path digests as missing (the stage will fail)."""
+    from qscope_data.inputs import input_fingerprint, resolve_paths
+
+    h = hashlib.sha256()
+    for spec in paths:
+        spec = str(spec)
+        h.update(spec.encode())
+        p = Path(spec)
+        for marker in ("manifest.json", "summary.json", "gaps.json"):
+            if p.is_dir() and (p / marker).is_file():
+                h.update(atomic.sha256_file(p / marker).encode())
+                break
+        else:
+            if p.is_file():
+                h.update(atomic.sha256_file(p).encode())
+            else:
+                try:
+                    h.update(input_fingerprint(resolve_paths(spec)).encode())
+                except UsageError:
+                    h.update(b"<missing>")
+    return h.hexdigest()
+
+
+# -- the stages -------------------------------------------------------------------------------------------------
+
+
+def interactive() -> bool:
+    """Progress bars only where a person watches (a terminal), not in a scheduled run's log."""
+    return sys.stderr.isatty()
+
+
+def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | None = None, resume: bool = True,
+                  progress: bool | None = None) -> StageResult:
+    """The corpus into its feature store (local or Ray executor). A store holding another job (new data, other
+    settings) is started over: the pipeline owns `workdir/stores/`. `resume=False` starts over regardless."""
+    from qscope_data.encode import EncodeOptions, job_identity, resolve_inputs, run_encode
+    from qscope_data.store import StoreWriter
+
+    c, enc = config.corpora[corpus], config.encode
+    out = layout(config).store(corpus)
+    options = EncodeOptions(
+        max_tokens=c.max_tokens, keep_first=c.keep_first, span=c.span, text_field=c.text_field, id_field=c.id_field,
+        drop_text=c.drop_text, token_level=c.token_level, batch_size=enc.batch_size, shard_rows=enc.shard_rows,
+        device=config.model.device, dtype=config.model.dtype,
+    )
+    layers = [config.sae.layer]
+    progress = interactive() if progress is None else progress
+    overwrite = not resume
+    if resume:
+        job = job_identity(config.model.id, config.model.revision, config.sae.path, config.sae.k, layers,
+                           resolve_inputs(c.input), options)
+        try:
+            StoreWriter(out, layers, token_level=options.token_level).state(job)
+        except UsageError:  # another job's store in our own folder: the inputs or settings changed since
+            overwrite = True
+    common = dict(revision=config.model.revision, trust_remote_code=config.model.trust_remote_code, sae_k=config.sae.k)
+    if (executor or enc.executor) == "ray":
+        from qscope_data.executors.ray import RayOptions, run_encode_ray
+
+        ray_opts = RayOptions(address=enc.ray_address, workers=enc.workers, gpus_per_worker=enc.gpus_per_worker,
+                              cpus_per_worker=enc.cpus_per_worker)
+        summary = run_encode_ray(config.model.id, config.sae.path, layers, c.input, out, options, ray_opts,
+                                 overwrite=overwrite, progress=progress, **common)
+    else:
+        summary = run_encode(config.model.id, config.sae.path, layers, c.input, out, options, overwrite=overwrite,
+                             progress=progress, **common)
+    md = (f"### encode `{corpus}`\n\n{summary.documents:,} documents, {summary.rejected:,} rejected, "
+          f"{summary.tokens:,} tokens in {summary.shards} shard(s) ({summary.state}; {summary.shards_skipped} resumed), "
+          f"{summary.seconds:.1f} s, {summary.tokens_per_s:,.0f} tokens/s → `{out}`\n")
+    return StageResult("encode", {"store": str(out)}, summary.model_dump(), md)
+
+
+def mine_rules(config: PipelineConfig, store: str) -> StageResult:
+    """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store."""
+    from qscope_data.rules.mine import MineConfig, mine_store
+
+    m = config.rules.mine if config.rules else None
+    if m is None:
+        raise UsageError("rules.mine is not configured")
+    out = layout(config).mined_rules
+    cfg = MineConfig(label_field=m.label_field, positive=m.positive, by=m.by, top=m.top, name=m.name, action=m.action)
+    result = mine_store(store, cfg, out)
+    lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
+             for r in result["rules"]]
+    md = f"### rules mine\n\n{len(result['rules'])} rule(s) mined from `{store}` (layer {result['layer']}):\n\n" + "\n".join(lines) + "\n"
+    return StageResult("mine", {"rules": str(out)}, {"layer": result["layer"], "rules": result["rules"]}, md)
+
+
+def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -> StageResult:
+    """Score every document of the store with the configured rule files (and the mined ones)."""
+    from qscope_data.rules.score import score_store
+
+    if config.score is None:
+        raise UsageError("score is not configured")
+    files = list(config.rules.files if config.rules else []) + ([mined] if mined else [])
+    out = layout(config).scores(config.score.corpus)
+    summary = score_store(files, store, out, progress=interactive())
+    rows = [f"| `{name}` | {r.get('action', '')} | {r.get('hits', '')} |" for name, r in summary["rules"].items()]
+    md = (f"### score `{config.score.corpus}`\n\n{summary['n_documents']:,} documents, {len(files)} rule file(s)\n\n"
+          "| rule | action | hits |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+    return StageResult("score", {"scores": str(out)}, {k: summary[k] for k in ("n_documents", "rules", "layer")}, md)
+
+
+def select_inventory(config: PipelineConfig, store: str) -> StageResult:
+    """The safety-feature inventory: per category, the features that fire most above the negative class."""
+    from qscope_data.coverage.inventory import save_inventory, select_features
+    from qscope_data.store import FeatureStore
+
+    inv_cfg = config.inventory
+    if inv_cfg is None:
+        raise UsageError("inventory is not configured")
+    inventory = select_features(FeatureStore(store), label_field=inv_cfg.label_field, negative=inv_cfg.negative,
+                                top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer)
+    out = layout(config).inventory
+    save_inventory(inventory, out)
+    counts = {cat: sum(1 for f in inventory.features if f.category == cat) for cat in inventory.categories()}
+    md = f"### features select\n\n{len(inventory.features)} feature(s) over {len(counts)} categor(ies): " + \
+        ", ".join(f"{k} {v}" for k, v in counts.items()) + "\n"
+    return StageResult("select", {"inventory": str(out)}, {"features": len(inventory.features), "by_category": counts}, md)
+
+
+def find_gaps(config: PipelineConfig, inventory: str, target_store: str) -> StageResult:
+    """Coverage of the inventory by the target corpus, and its gaps: gaps.json + report.md/html with plots.
+    The summary's markdown is the gap report itself."""
+    from qscope_data.coverage.gaps import compute_gaps
+    from qscope_data.coverage.inventory import load_inventory
+    from qscope_data.coverage.report import gap_report_markdown, write_gap_report
+    from qscope_data.store import FeatureStore
+
+    g = config.gaps
+    if g is None:
+        raise UsageError("gaps is not configured")
+    report = compute_gaps(load_inventory(inventory), FeatureStore(target_store), by=g.by, min_docs=g.min_docs,
+                          n_examples=g.examples)
+    paths = write_gap_report(report, layout(config).gaps)
+    overall = report.coverage["overall"]
+    return StageResult("gaps", {name: str(p) for name, p in paths.items()} | {"dir": str(layout(config).gaps)},
+                       {"coverage": overall, "gaps": len(report.gaps), "warnings": report.warnings},
+                       gap_report_markdown(report))
+
+
+def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None = None) -> StageResult:
+    """Targeted synthesis for the gaps; a sample is kept only if re-encoding shows its target feature fires."""
+    from qscope_data.synth.synthesize import SynthConfig, run_synth
+
+    s = config.synth
+    if s is None:
+        raise UsageError("synth is not configured")
+    out = layout(config).synth
+    cfg = SynthConfig(
+        gaps=Path(gaps_dir) / "gaps.json", model=config.model.id, sae=config.sae.path, out=out, layer=config.sae.layer,
+        generator=s.generator, per_feature=s.per_feature, threshold=s.threshold, max_attempts=s.max_attempts,
+        languages=s.languages, verify=s.verify, max_features=s.max_features,
+        inventory=Path(inventory) if inventory else None, device=config.model.device, dtype=config.model.dtype,
+        sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True,
+    )
+    summary = run_synth(cfg, progress=interactive())
+    t, cov = summary.totals, summary.coverage
+
+    def pct(part: dict) -> str:
+        return "–" if part.get("fraction") is None else f"{100 * part['fraction']:.1f}%"
+
+    before, after = cov.get("before", {}).get("overall", {}), cov.get("after", {}).get("overall", {})
+    md = (f"### synth\n\n{t.get('accepted', 0)} of {t.get('requested', 0)} sample(s) accepted for {t.get('features', 0)} "
+          f"gap feature(s) in {t.get('attempts', 0)} attempt(s) (generator `{s.generator}`); inventory coverage "
+          f"{pct(before)} → {pct(after)}; rejected by reason: {json.dumps(t.get('rejected_by_reason', {}))}\n")
+    return StageResult("synth", {"synth": str(out)}, {"totals": t, "coverage": summary.coverage}, md)
+
+
+def curate_corpus(config: PipelineConfig, store: str, scores: str | None = None, synth: str | None = None) -> StageResult:
+    """Curated SFT shards with provenance: drops by rule, dedup, quotas, synthetic samples mixed in."""
+    from qscope_data.curate.curate import CurateOptions, curate
+
+    c = config.curate
+    if c is None:
+        raise UsageError("curate is not configured")
+    corpus = config.corpora[c.corpus]
+    quotas = [f"{fld}=" + ",".join(f"{v}:{n}" for v, n in values.items()) for fld, values in c.quotas.items() if values]
+    out = layout(config).curated
+    options = CurateOptions(
+        inputs=corpus.input, features=store, scores=scores, synth=[synth] if synth else [], out=str(out),
+        format=c.format, text_role=c.text_role, text_prompt=c.text_prompt, text_field=corpus.text_field,
+        id_field=corpus.id_field, quotas=quotas, dedup=c.dedup, quarantine=c.quarantine,
+        max_shard_rows=c.max_shard_rows, license=c.license, name=config.name, overwrite=True,
+    )
+    result = curate(options, progress=interactive())
+    counts = result.manifest.counts
+    md = f"### curate\n\n→ `{out}`\n\n```json\n{json.dumps(counts, indent=1, default=str)[:3000]}\n```\n"
+    return StageResult("curate", {"curated": str(out)}, {"counts": counts}, md)
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+
+
+def check_pipeline(config: PipelineConfig, *, check_model: bool = True) -> list[str]:
+    """Everything a run will need, checked without computing: inputs resolve, rule files parse and compile,
+    the model / SAE pair fits (headers only), the generator spec parses. Raises `UsageError` at the first problem;
+    returns what was checked."""
+    from qscope_data.inputs import resolve_paths
+
+    done: list[str] = []
+    for name, corpus in config.corpora.items():
+        try:
+            files = resolve_paths(corpus.input)
+        except UsageError as exc:
+            raise UsageError(f"corpora.{name}.input: {exc}") from None
+        done.append(f"corpus {name}: {len(files)} input file(s)")
+    if config.rules and config.rules.files:
+        from qscope_data.rules.rulefile import load_rule_files
+
+        loaded = load_rule_files(list(config.rules.files))
+        for f in loaded:
+            if f.header.layer is not None and f.header.layer != config.sae.layer:
+                raise UsageError(f"{f.path}: rules are for SAE layer {f.header.layer}, but sae.layer is {config.sae.layer}")
+        done.append(f"rules: {len(loaded)} file(s), {sum(len(f.model.rules) for f in loaded)} rule(s) parse")
+    if check_model:
+        from qscope_data.preflight import check_pair, model_shape, sae_shape
+
+        shape = model_shape(config.model.id, revision=config.model.revision,
+                            trust_remote_code=config.model.trust_remote_code)
+        sae = sae_shape(config.sae.path, config.sae.layer, k=config.sae.k)
+        check_pair(shape, sae, config.sae.layer)
+        if config.rules:
+            _check_rule_widths(config, sae.d_sae)
+        done.append(f"model {shape.model_id}: {shape.n_layers} blocks, hidden size {shape.d_model}; SAE {sae.format} "
+                    f"d_sae {sae.d_sae}, k {sae.k}, layer {config.sae.layer}: compatible")
+    if config.encode.executor == "ray" and config.model.device.startswith("cuda") and config.encode.gpus_per_worker <= 0:
+        raise UsageError("encode.gpus_per_worker must be > 0 for model.device cuda on the Ray executor")
+    if config.synth:
+        from qscope_data.synth.generators import parse_generator_spec
+
+        parse_generator_spec(config.synth.generator)
+        done.append(f"synth generator {config.synth.generator!r} parses")
+    return done
+
+
+def _check_rule_widths(config: PipelineConfig, d_sae: int) -> None:
+    from qscope_data.rules.rulefile import load_rule_files
+
+    for f in load_rule_files(list(config.rules.files)):
+        width = f.header.d_sae
+        if width is not None and width != d_sae:
+            raise UsageError(f"{f.path}: rules are for an SAE of width {width}, but {config.sae.path} has d_sae {d_sae}")
+        ids = f.features.values()
+        if ids and max(ids) >= d_sae:
+            raise UsageError(f"{f.path}: feature id {max(ids)} is beyond the SAE's width {d_sae}")
+

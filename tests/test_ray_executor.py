@@ -1,0 +1,108 @@
+"""The Ray executor writes the same store as the local executor: same shard files (names, rows, sha256), same rows,
+same rejects; a rerun of a finished Ray store does nothing and an interrupted one resumes only its missing shards.
+
+Real Ray (a local 2-CPU instance, fractional-CPU actors), a tiny random Qwen3 saved to disk, random Qwen-Scope SAEs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qscope_data.cli import main
+from qscope_data.encode import EncodeOptions, run_encode
+from qscope_data.errors import UsageError
+from qscope_data.store import FeatureStore
+
+ray = pytest.importorskip("ray")
+
+WORDS = "the quick brown fox jumps over a lazy dog bake bread flour water salt yeast der Fuchs le renard 你好".split()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def corpus(write_jsonl, n: int = 30):
+    rng = np.random.default_rng(7)
+    rows: list = [{"id": f"d{i}", "text": " ".join(rng.choice(WORDS, size=int(rng.integers(2, 20)))),
+                   "lang": ["en", "de", "zh"][i % 3], "label": i % 2} for i in range(n)]
+    rows.insert(11, "{not json")  # a malformed line: rejected, the run goes on
+    rows.insert(20, {"id": "empty", "text": ""})  # tokenises to no tokens: rejected inside its shard
+    return write_jsonl(rows)
+
+
+def shard_table(store: FeatureStore) -> list[tuple[str, int, int, str]]:
+    return [(s.name, s.rows, s.bytes, s.sha256) for s in store.manifest.shards]
+
+
+def test_ray_store_equals_local_store_and_resumes(local_ray, tiny_model_dir, sae_dir, write_jsonl, tmp_path, capsys):
+    from qscope_data.executors.ray import RayOptions, run_encode_ray
+
+    model, saes = str(tiny_model_dir("qwen3")), str(sae_dir(d_model=64, layers=(1, 2)))
+    inp = corpus(write_jsonl)
+    opts = EncodeOptions(batch_size=4, shard_rows=8, max_tokens=24)
+
+    local = run_encode(model, saes, [1, 2], inp, tmp_path / "local", opts, progress=False)
+    main(["encode", "--model", model, "--sae", saes, "--layer", "1", "--layer", "2", "--input", str(inp),
+          "--out", str(tmp_path / "ray"), "--batch-size", "4", "--shard-rows", "8", "--max-tokens", "24",
+          "--executor", "ray", "--workers", "2", "--no-progress"])
+    assert "encoded 30 documents" in capsys.readouterr().out
+    assert local.shards == 4 and (local.documents, local.rejected) == (30, 2)
+
+    a, b = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
+    assert shard_table(a) == shard_table(b)  # same files, byte for byte
+    for layer in (1, 2):
+        assert a.read(layer).sort("doc_id").equals(b.read(layer).sort("doc_id"))
+    ma, mb = a.manifest, b.manifest
+    assert (ma.model, ma.saes, ma.options, ma.inputs, ma.stats) == (mb.model, mb.saes, mb.options, mb.inputs, mb.stats)
+    assert a.rejects() == b.rejects() and [r["line"] for r in b.rejects()] == [12, 21]
+    assert not (tmp_path / "ray" / "_progress" / "inputs").exists()  # staged shards are cleaned up
+
+    # A finished store: nothing to do, nothing started.
+    again = run_encode_ray(model, saes, [1, 2], inp, tmp_path / "ray", opts, RayOptions(workers=2), progress=False)
+    assert again.state == "finished"
+
+    # Interrupted after shard 2 was written: only shards 2 and 3 are redone, and the result is the same store.
+    (tmp_path / "ray" / "manifest.json").unlink()
+    for i in (2, 3):
+        (tmp_path / "ray" / "_progress" / f"part-{i:05d}.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("layer*/part-0000[01].parquet")}
+    resumed = run_encode_ray(model, saes, [1, 2], inp, tmp_path / "ray", opts,
+                             RayOptions(workers=1, cpus_per_worker=0.5), progress=False)
+    assert (resumed.state, resumed.shards_skipped, resumed.documents_encoded) == ("resume", 2, 14)
+    assert shard_table(FeatureStore(tmp_path / "ray")) == shard_table(a)
+    assert before == {p: p.stat().st_mtime_ns for p in before}  # finished shards untouched
+
+
+def test_ray_executor_refuses_bad_pairs_before_writing(local_ray, tiny_model_dir, sae_dir, write_jsonl, tmp_path):
+    from qscope_data.executors.ray import RayOptions, run_encode_ray
+
+    model, inp = str(tiny_model_dir("qwen3")), corpus(write_jsonl, n=4)
+    wide = str(sae_dir(d_model=32, layers=(1,)))
+    with pytest.raises(UsageError, match="d_model 32.*hidden size 64"):
+        run_encode_ray(model, wide, [1], inp, tmp_path / "out", progress=False)
+    with pytest.raises(UsageError, match="beyond the model's depth"):
+        run_encode_ray(model, str(sae_dir(d_model=64, layers=(9,))), [9], inp, tmp_path / "out", progress=False)
+    with pytest.raises(UsageError, match="gpus-per-worker"):
+        run_encode_ray(model, wide, [1], inp, tmp_path / "out", EncodeOptions(device="cuda"),
+                       RayOptions(gpus_per_worker=0), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--executor", "spark"], "--executor 'spark': expected local or ray"),
+    (["--executor", "ray", "--workers", "0"], "--workers"),
+])
+def test_encode_cli_refuses_bad_executor_flags(tiny_model_dir, sae_dir, write_jsonl, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["encode", "--model", str(tiny_model_dir("qwen3")), "--sae", str(sae_dir(d_model=64, layers=(1,))),
+              "--input", str(corpus(write_jsonl, n=3)), "--out", str(tmp_path / "out"), *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
