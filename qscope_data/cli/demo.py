@@ -1,7 +1,27 @@
-"""CLI: demo commands (not wired yet)."""
+"""CLI: `qscope demo` — the README's main command."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def demo(
+    out: Path = typer.Option(Path("qscope-demo"), "--out", help="Folder for everything the demo writes (reused on rerun)."),
+    shared_data: bool = typer.Option(True, "--shared-data/--no-shared-data",
+                                     help="Also train the SAE on ../shared/data text when that folder is there."),
+) -> None:
+    """Run the whole pipeline offline on all-MiniLM-L6-v2 with an SAE trained on the spot (CPU, a few minutes)."""
+    from rich.console import Console
+
+    from qscope_data.demo.run import print_summary, run_demo
+
+    console = Console(stderr=True)
+    console.rule("qscope demo: train SAE → encode → rules → gaps → synth → curate")
+    summary = run_demo(out, use_shared=shared_data, progress=True)
+    print_summary(summary, Console())
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("demo")(demo)
