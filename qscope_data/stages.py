@@ -56,7 +56,7 @@ class Layout:
 
     @property
     def curated(self) -> Path:
-        return self.root / "curated"
+        return self.root / "shards"
 
     @property
     def results(self) -> Path:

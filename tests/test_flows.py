@@ -116,7 +116,7 @@ def test_run_executes_every_stage_retries_a_failure_and_reruns_from_cache(prefec
     gaps = json.loads((run / "gaps" / "gaps.json").read_text())
     assert gaps["gaps"] and (run / "gaps" / "report.html").is_file()
     assert json.loads((run / "synth" / "summary.json").read_text())["totals"]["requested"] >= 1
-    curated = json.loads((run / "curated" / "manifest.json").read_text())
+    curated = json.loads((run / "shards" / "manifest.json").read_text())
     assert curated["counts"]["input_records"] == 24 and curated["counts"]["removed_by_reason"]
     assert f"curated: {run / 'curated'}" in printed
 
@@ -137,12 +137,12 @@ def test_run_executes_every_stage_retries_a_failure_and_reruns_from_cache(prefec
         assert artifacts and "Safety-feature coverage" in artifacts[0].data
 
     # A rerun hits the cache everywhere and leaves the outputs alone.
-    stamp = (run / "curated" / "manifest.json").stat().st_mtime_ns
+    stamp = (run / "shards" / "manifest.json").stat().st_mtime_ns
     main(["run", str(config_path)])
     (_, _), (second, tasks2) = flow_runs_of(config_path)
     assert second.state.is_completed()
     assert {t.state.name for t in tasks2} == {"Cached"} and len(tasks2) == len(tasks)
-    assert (run / "curated" / "manifest.json").stat().st_mtime_ns == stamp
+    assert (run / "shards" / "manifest.json").stat().st_mtime_ns == stamp
 
 
 def test_a_usage_error_in_a_stage_is_not_retried_and_exits_2(prefect_server, workspace, capsys):
