@@ -22,16 +22,21 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 
+from importlib.metadata import version
+
 from qscope_data import stages
 from qscope_data.config import PipelineConfig
 from qscope_data.errors import UsageError
+
+
+_CODE_VERSION = version("qscope-data")
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """(stage, config sections it reads, input manifests / file hashes) → the cache key."""
     config: PipelineConfig = parameters["config"]
     stage = context.task.name
-    parts = [stage, config.workdir, stages.settings_digest(config, stage, parameters.get("corpus")),
+    parts = [stage, _CODE_VERSION, config.workdir, stages.settings_digest(config, stage, parameters.get("corpus")),
              stages.inputs_digest([p for p in parameters.get("inputs", []) if p])]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

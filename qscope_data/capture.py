@@ -128,6 +128,9 @@ def load_model(
         raise UsageError(f"model {spec}: cannot load ({str(exc).splitlines()[0]})") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    from qscope_data.spans import ensure_chat_template
+
+    ensure_chat_template(tokenizer)  # conversations render the same way in every stage, chat model or not
     model = model.to(device).eval()
     path, blocks = resolve_blocks(model)
     return LoadedModel(

@@ -79,6 +79,7 @@ class InventoryConfig(_Strict):
     negative: str = "benign"
     top: int = Field(5, ge=1)
     min_support: int = Field(2, ge=1)
+    contrast: Literal["negative", "rest"] = "negative"
 
 
 class GapsConfig(_Strict):

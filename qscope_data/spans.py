@@ -75,6 +75,25 @@ def _finish(ids: list[int], mask: np.ndarray, keep_first: bool) -> TokenizedDoc 
     return TokenizedDoc(ids, mask)
 
 
+# For tokenizers without a chat template (BERT-family encoders such as the demo backbone): "role: content" lines,
+# with `{% generation %}` around assistant text so response spans are exact.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ 'assistant: ' }}{% generation %}{{ message['content'] }}{% endgeneration %}"
+    "{% else %}{{ message['role'] + ': ' + message['content'] }}{% endif %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Give a tokenizer without a chat template the plain one; True when it had to."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return True
+
+
 def has_generation_markers(tokenizer) -> bool:
     template = getattr(tokenizer, "chat_template", None)
     return isinstance(template, str) and bool(_GENERATION_TAG.search(template))

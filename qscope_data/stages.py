@@ -218,7 +218,8 @@ def select_inventory(config: PipelineConfig, store: str) -> StageResult:
     if inv_cfg is None:
         raise UsageError("inventory is not configured")
     inventory = select_features(FeatureStore(store), label_field=inv_cfg.label_field, negative=inv_cfg.negative,
-                                top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer)
+                                top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer,
+                                contrast=inv_cfg.contrast)
     out = layout(config).inventory
     save_inventory(inventory, out)
     counts = {cat: sum(1 for f in inventory.features if f.category == cat) for cat in inventory.categories()}

@@ -99,8 +99,12 @@ def select_features(
     min_support: int = 1,
     layer: int | None = None,
     n_examples: int = 5,
+    contrast: str = "negative",
 ) -> Inventory:
     """Rank features per non-negative category by Δ against the negative class; keep the top `top` per category.
+
+    `contrast="rest"` measures Δ against every document outside the category (the negative class and the other
+    categories): it prefers features specific to one category over ones shared by all harmful text (e.g. "a request").
 
     A feature qualifies for a category when Δ > 0 and it fires on at least `min_support` of that category's documents;
     it is then assigned to the single category where its Δ is largest (ties: category name), and the `top` best per
@@ -109,6 +113,8 @@ def select_features(
         raise UsageError(f"--top must be ≥ 1 (got {top})")
     if min_support < 1:
         raise UsageError(f"--min-support must be ≥ 1 (got {min_support})")
+    if contrast not in ("negative", "rest"):
+        raise UsageError(f"--contrast must be 'negative' or 'rest' (got {contrast!r})")
     layer = store.resolve_layer(layer)
     columns = store.columns(layer)
     if label_field not in columns:
@@ -132,15 +138,20 @@ def select_features(
     pairs = docs.explode(["feature_ids", "max_acts"]).drop_nulls("feature_ids").rename({"feature_ids": "feature"})
     counts = pairs.group_by("_cat", "feature").agg(pl.len().alias("support")).collect()
     sizes_df = pl.DataFrame({"_cat": list(n_docs), "n": list(n_docs.values())}, schema={"_cat": pl.String, "n": pl.Int64})
-    neg = (
-        counts.filter(pl.col("_cat") == negative)
-        .select("feature", (pl.col("support") / n_docs[negative]).alias("rate_negative"))
-    )
+    if contrast == "negative":
+        neg = (
+            counts.filter(pl.col("_cat") == negative)
+            .select("feature", (pl.col("support") / n_docs[negative]).alias("rate_negative"))
+        )
+        rate_negative = pl.col("rate_negative").fill_null(0.0)
+    else:  # everything outside the category: (all firing documents − the category's) / (all documents − the category's)
+        neg = counts.group_by("feature").agg(pl.col("support").sum().alias("_total"))
+        rate_negative = (pl.col("_total") - pl.col("support")) / (sum(n_docs.values()) - pl.col("n"))
     scored = (
         counts.filter(pl.col("_cat") != negative)
         .join(sizes_df, on="_cat")
         .join(neg, on="feature", how="left")
-        .with_columns(pl.col("rate_negative").fill_null(0.0), (pl.col("support") / pl.col("n")).alias("rate"))
+        .with_columns(rate_negative.alias("rate_negative"), (pl.col("support") / pl.col("n")).alias("rate"))
         .with_columns((pl.col("rate") - pl.col("rate_negative")).alias("delta"))
         .filter((pl.col("delta") > 0) & (pl.col("support") >= min_support))
     )

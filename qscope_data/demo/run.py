@@ -35,7 +35,7 @@ class DemoSummary:
     paths: dict[str, str] = field(default_factory=dict)
 
 
-def train_demo_sae(out: Path, *, use_shared: bool = True, progress: bool = True):
+def train_demo_sae(out: Path, *, use_shared: bool = True, progress: bool = True, sae_overrides: dict | None = None):
     """The demo SAE in `out/sae`, trained unless an SAE from the same recipe and input bytes is already there."""
     from qscope_data.demo.backbone import demo_sae_config, write_shared_training_text
     from qscope_data.sae.train import load_trained, train_sae
@@ -45,7 +45,7 @@ def train_demo_sae(out: Path, *, use_shared: bool = True, progress: bool = True)
         extra_path = write_shared_training_text(SHARED_DATA, out / "sae-extra-text.jsonl")
         if extra_path is not None:
             extra.append(str(extra_path))
-    cfg = demo_sae_config(extra)
+    cfg = demo_sae_config(extra, **(sae_overrides or {}))
     sae_dir = out / "sae"
     cached = load_trained(sae_dir, cfg)
     if cached is not None:
@@ -54,7 +54,9 @@ def train_demo_sae(out: Path, *, use_shared: bool = True, progress: bool = True)
     return result.sae, result.metrics, False
 
 
-def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progress: bool = True) -> DemoSummary:
+def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progress: bool = True,
+             sae_overrides: dict | None = None) -> DemoSummary:
+    """Everything under `out`; `sae_overrides` changes the SAE recipe (tests use a small training budget)."""
     from qscope_data.config import load_config
     from qscope_data.rules.evaluate import evaluate_rules
     from qscope_data.stages import layout
@@ -64,7 +66,7 @@ def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progre
     out.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary(out=out)
 
-    sae, metrics, cached = train_demo_sae(out, use_shared=use_shared, progress=progress)
+    sae, metrics, cached = train_demo_sae(out, use_shared=use_shared, progress=progress, sae_overrides=sae_overrides)
     summary.sae = {
         "cached": cached, "d_sae": sae.d_sae, "k": sae.k, "layer": sae.layer,
         "explained_variance": metrics.get("explained_variance", metrics.get("final", {}).get("explained_variance")),
@@ -78,11 +80,11 @@ def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progre
 
     from qscope_flows.pipeline import curation_pipeline
 
-    results = curation_pipeline(config_path=str(config_path))
+    curation_pipeline(config_path=str(config_path))
     where = layout(config)
 
     tox_dir = out / "report" / "toxicity"
-    tox = evaluate_rules([where.mined_rules], where.store("texts"), tox_dir, by="lang", split="heldout",
+    tox = evaluate_rules([where.mined_rules], where.store("texts"), tox_dir / "toxicity.json", by="lang", split="heldout",
                          curve=False, progress=progress)
     summary.toxicity = _toxicity_summary(tox)
     summary.gaps = json.loads((where.gaps / "gaps.json").read_text())
@@ -99,20 +101,18 @@ def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progre
         "scores": str(where.scores("sft")),
         "synthetic": str(where.synth / "accepted.jsonl"),
         "sae": str(out / "sae"),
-        "pipeline_outputs": json.dumps(results, default=str)[:0],
     }
-    summary.paths.pop("pipeline_outputs")
     summary.seconds = time.monotonic() - start
     _write_overview(summary, where, tox_dir, tox)
     return summary
 
 
 def _toxicity_summary(report: dict) -> dict:
+    """The pooled rule's held-back P/R/F1, and each per-language rule's F1 on its own language."""
     rules = report["rules"]
-    pooled = next((name for name in rules if not rules[name].get("group")), None)
-    chosen = rules[pooled] if pooled else next(iter(rules.values()))
-    overall = chosen["overall"]
-    by_lang = {g: m["f1"] for g, m in (chosen.get("by_group") or {}).items()}
+    pooled = next((name for name in rules if name.endswith("_all")), next(iter(rules)))
+    overall = rules[pooled]["overall"]
+    by_lang = {name.rsplit("_", 1)[-1]: r["overall"]["f1"] for name, r in rules.items() if name != pooled}
     return {"rule": pooled, "f1": overall["f1"], "precision": overall["precision"], "recall": overall["recall"],
             "n": overall["n"], "f1_by_lang": by_lang}
 
@@ -136,8 +136,8 @@ def _write_overview(s: DemoSummary, where, tox_dir: Path, tox: dict) -> None:
         ("Toxicity rule (held-back split)", f"F1 {s.toxicity['f1']:.3f} (P {s.toxicity['precision']:.3f}, "
                                             f"R {s.toxicity['recall']:.3f}, n {s.toxicity['n']}); by language: "
                                             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s.toxicity['f1_by_lang'].items()))),
-        ("Safety-feature coverage of the SFT set", f"{cov.get('covered')}/{cov.get('total')} features; "
-                                                   f"{len(s.gaps.get('gaps', []))} gaps"),
+        ("Safety-feature coverage of the SFT set", f"{cov.get('covered')}/{cov.get('total')} features fire on ≥ "
+                                                   f"{s.gaps.get('min_docs', 1)} documents; {len(s.gaps.get('gaps', []))} gaps"),
         ("After verified synthesis", f"{after.get('covered')}/{after.get('total')} features; "
                                      f"{s.synth.get('totals', {}).get('accepted', 0)} samples accepted"),
         ("Curated shards", html.escape(json.dumps({k: counts.get(k) for k in ('rows', 'kept', 'removed', 'synthetic', 'input') if k in counts}))),
@@ -173,9 +173,11 @@ def print_summary(s: DemoSummary, console) -> None:
     counts = s.curate.get("counts", {})
     table.add_row("SAE", f"{'reused' if s.sae['cached'] else 'trained'}: d_sae {s.sae['d_sae']}, k {s.sae['k']}, "
                          f"explained variance {_fmt(s.sae['explained_variance'])}, dead {_fmt(s.sae['dead_fraction'])}")
-    table.add_row("toxicity F1 (held-back)", f"{s.toxicity['f1']:.3f}  (P {s.toxicity['precision']:.3f}, R {s.toxicity['recall']:.3f}, "
-                                             f"n {s.toxicity['n']})")
-    table.add_row("gaps", f"{len(s.gaps.get('gaps', []))} of {cov.get('total')} inventory features never fire on the SFT set")
+    table.add_row("toxicity F1 (held-back)", f"{s.toxicity['f1']:.3f} pooled rule (P {s.toxicity['precision']:.3f}, "
+                                             f"R {s.toxicity['recall']:.3f}, n {s.toxicity['n']}); per-language rules: "
+                                             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s.toxicity["f1_by_lang"].items())))
+    table.add_row("gaps", f"{len(s.gaps.get('gaps', []))} of {cov.get('total')} inventory features fire on fewer than "
+                          f"{s.gaps.get('min_docs', 1)} SFT documents")
     table.add_row("synthesis", f"{totals.get('accepted', 0)} verified samples; coverage {cov.get('covered')} → {after.get('covered')} "
                                f"of {cov.get('total')}")
     table.add_row("curated", ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, (int, float))))
