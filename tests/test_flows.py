@@ -118,7 +118,7 @@ def test_run_executes_every_stage_retries_a_failure_and_reruns_from_cache(prefec
     assert json.loads((run / "synth" / "summary.json").read_text())["totals"]["requested"] >= 1
     curated = json.loads((run / "shards" / "manifest.json").read_text())
     assert curated["counts"]["input_records"] == 24 and curated["counts"]["removed_by_reason"]
-    assert f"curated: {run / 'curated'}" in printed
+    assert f"curated: {run / 'shards'}" in printed
 
     # Every stage ran as a task; score failed once and was retried.
     (first, tasks), = flow_runs_of(config_path)

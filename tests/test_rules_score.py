@@ -203,3 +203,16 @@ def test_languages_need_a_lang_column(tmp_path):
     score_store([rules], tmp_path / "s", tmp_path / "out", progress=False)
     out = pl.read_parquet(tmp_path / "out" / "scores.parquet")
     assert out.columns == ["doc_id", "x"] and out["x"].to_list() == [True]
+
+
+@pytest.mark.parametrize("docs", [[], [{"doc_id": "d0", "n_tokens": 3, "n_positions": 2, "feature_ids": [1], "max_acts": [0.5],
+                                         "fire_counts": [1], "lang": "en", "weight": 1.0, "flag": True}]])
+def test_constant_expressions_score_on_empty_and_small_stores(tmp_path, docs):
+    """Found by the property test: `0 in [0]` is a one-row constant that polars would not broadcast to 0 rows."""
+    write_random_store(tmp_path / "store", docs)
+    rules = [{"name": "c", "when": "not (0 in [0])", "action": "flag"}, {"name": "d", "when": "1 < 2", "score": "3", "action": "flag"}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"features": FEATURE_NAMES, "rules": rules}))
+    score_store([tmp_path / "r.yaml"], tmp_path / "store", tmp_path / "out", progress=False)
+    out = pl.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert out.height == len(docs)
+    assert out["c"].to_list() == [False] * len(docs) and out["d"].to_list() == [True] * len(docs)

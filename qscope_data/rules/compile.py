@@ -319,6 +319,8 @@ class RuleProgram:
             if r.score is not None:
                 score = pl.when(in_scope).then(r.score) if in_scope is not None else r.score
                 exprs.append(score.cast(pl.Float64).alias(f"{r.name}_score"))
+        if frame.height == 0:  # constant sub-expressions (`0 in [0]`) don't broadcast to 0 rows: type on one null row
+            return frame.clear(1).select(exprs).clear()
         return frame.select(exprs)
 
 
