@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import datasets
-import pytest
 import yaml
 
 from qscope_data.demo.run import PIPELINE_TEMPLATE

@@ -4,7 +4,6 @@ anything is written, and a folder holding another job is refused."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
 
 from qscope_data.cli import main
 from qscope_data.store import FeatureStore

@@ -15,7 +15,7 @@ import torch
 from qscope_data.capture import capture, load_model
 from qscope_data.cli import main
 from qscope_data.sasft.artifact import load_plan
-from qscope_data.sasft.prepare import PrepareConfig, prepare, write_prepare
+from qscope_data.sasft.prepare import PrepareConfig, prepare
 from qscope_data.testing import random_sae, write_sae
 from sasft_data import TEXTS, text_records
 

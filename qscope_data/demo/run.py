@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

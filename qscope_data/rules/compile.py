@@ -24,7 +24,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from qscope_data.errors import DataError, UsageError
 from qscope_data.rules.parser import (
