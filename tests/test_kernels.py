@@ -205,7 +205,7 @@ def test_blocked_memory_is_a_fraction_of_dense_and_flat_in_d_sae():
     assert run.returncode == 0, run.stderr
     peak = json.loads(run.stdout.strip().splitlines()[-1])
     mib = 1 << 20
-    assert peak["dense-65536"] >= 512 * 65536 * 4  # dense holds the [N, d_sae] fp32 block
+    assert peak["dense-65536"] >= 0.95 * 512 * 65536 * 4  # dense holds the [N, d_sae] fp32 block (sampling misses a few pages)
     assert peak["blocked-65536"] <= peak["dense-65536"] / 4
     assert peak["blocked-65536"] <= 1.25 * peak["blocked-16384"] + 4 * mib  # does not grow with d_sae
 
