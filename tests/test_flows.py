@@ -18,6 +18,9 @@ import qscope_flows  # noqa: F401  (sets the Prefect environment defaults before
 from qscope_data.cli import main
 from qscope_data.demo.corpus import SFT, TEXTS
 
+# One xdist worker runs every test here, so they share one Prefect test server (start-up is the slow part).
+pytestmark = pytest.mark.xdist_group("prefect")
+
 
 @pytest.fixture(scope="session")
 def prefect_server():
@@ -147,7 +150,7 @@ def test_run_executes_every_stage_retries_a_failure_and_reruns_from_cache(prefec
 
 def test_a_usage_error_in_a_stage_is_not_retried_and_exits_2(prefect_server, workspace, capsys):
     """A rule naming a missing field fails the score stage for good: no retry, `qscope run` exits 2 with one line.
-    The stages before it come from the cache of the previous test's run (same workdir, same inputs)."""
+    The stages before it succeed (from the cache when an earlier test ran the same workdir) and are not retried."""
     bad = yaml.safe_load((workspace / "pipeline.yaml").read_text())
     (workspace / "bad-rules.yaml").write_text("rules:\n  - name: broken\n    when: no_such_field == 1\n")
     bad["rules"]["files"] = ["bad-rules.yaml"]
@@ -161,7 +164,8 @@ def test_a_usage_error_in_a_stage_is_not_retried_and_exits_2(prefect_server, wor
     assert len(err) == 1 and "bad-rules.yaml:3:11" in err[0] and "no_such_field" in err[0]
     ((_, tasks),) = flow_runs_of(path)
     by = stage_tasks(tasks)
-    assert {t.state.name for t in by["encode"] + by["mine"]} == {"Cached"}
+    assert {t.state.name for t in by["encode"] + by["mine"]} <= {"Cached", "Completed"}
+    assert all(t.run_count <= 1 for t in by["encode"] + by["mine"])
     (score,) = by["score"]
     assert score.run_count == 1 and score.state.is_failed()
 
