@@ -83,7 +83,7 @@ def time_floor(model: Path, sae: Path, corpus: Path) -> tuple[float, float]:
     import torch
 
     from qscope_data.capture import capture, load_model
-    from qscope_data.encode import iter_shards, load_saes, plan_batches, resolve_inputs
+    from qscope_data.encode import iter_shards, load_saes, pad_batch, plan_batches, resolve_inputs
     from qscope_data.spans import tokenize_records
 
     opts = options()
@@ -93,16 +93,7 @@ def time_floor(model: Path, sae: Path, corpus: Path) -> tuple[float, float]:
     for shard in iter_shards(resolve_inputs(corpus).paths, opts):
         docs = tokenize_records(lm.tokenizer, shard.records, max_tokens=opts.max_tokens)
         for batch in plan_batches([d.n_tokens for d in docs], opts.batch_size):
-            width = max(docs[j].n_tokens for j in batch)
-            ids = torch.full((len(batch), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            agg = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, j in enumerate(batch):
-                n = docs[j].n_tokens
-                ids[row, :n] = torch.as_tensor(docs[j].input_ids)
-                attn[row, :n] = 1
-                agg[row, :n] = torch.from_numpy(docs[j].aggregate)
-            batches.append((ids, attn, agg))
+            batches.append(pad_batch(docs, batch, lm.tokenizer.pad_token_id))
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for ids, attn, agg in batches:

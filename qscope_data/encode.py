@@ -101,6 +101,20 @@ def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def pad_batch(docs: list, batch: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask and aggregation mask for the documents `batch` indexes."""
+    width = max(docs[j].n_tokens for j in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    agg = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, j in enumerate(batch):
+        n = docs[j].n_tokens
+        ids[row, :n] = torch.as_tensor(docs[j].input_ids)
+        attn[row, :n] = 1
+        agg[row, :n] = torch.from_numpy(docs[j].aggregate)
+    return ids, attn, agg
+
+
 def featurize(
     lm: LoadedModel, saes: dict[int, SparseAutoencoder], records: list[Record], options: EncodeOptions
 ) -> dict[int, pa.Table]:
@@ -137,15 +151,7 @@ def encode_records(
     device = lm.device
     with torch.inference_mode():
         for batch in plan_batches([d.n_tokens for d in docs], options.batch_size):
-            width = max(docs[j].n_tokens for j in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            agg = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, j in enumerate(batch):
-                n = docs[j].n_tokens
-                ids[row, :n] = torch.as_tensor(docs[j].input_ids)
-                attn[row, :n] = 1
-                agg[row, :n] = torch.from_numpy(docs[j].aggregate)
+            ids, attn, agg = pad_batch(docs, batch, pad_id)
             hidden = capture(lm, ids, attn, layers)
             agg_dev = agg.to(device)
             where = agg.nonzero()  # [N, 2] (row, position), row-major: the order of hidden[n][agg]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qscope_data.cli import main
+from cli_inprocess import qscope
 from qscope_data.store import FeatureStore
 
 WORDS = "the quick brown fox jumps over a lazy dog while you bake bread with flour water salt and yeast".split()
@@ -25,15 +25,6 @@ def corpus(n: int, words: int = 24) -> list[dict]:
     return [{"id": f"d{i:03d}", "text": " ".join(rng.choice(WORDS, size=words)), "lang": "en"} for i in range(n)]
 
 
-def qscope(*args, capsys=None) -> tuple[int, str, str]:
-    """Run the CLI in this process (same code path as the console script, without the start-up cost)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
 
 
 def qscope_executable() -> list[str]:

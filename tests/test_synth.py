@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from qscope_data.cli import main
+from cli_inprocess import qscope
 from qscope_data.curate.dedup import jaccard, shingle_hashes
 from qscope_data.store import FeatureStore
 from qscope_data.synth.dedup import CandidateDedup
@@ -24,14 +24,6 @@ PER_FEATURE = 3
 ATTEMPTS = 3
 
 
-def qscope(*args, capsys=None) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
