@@ -192,8 +192,8 @@ def test_blocked_memory_is_a_fraction_of_dense_and_flat_in_d_sae():
         track_large_allocations()
         torch.manual_seed(0)
         out = {}
-        x = torch.randn(512, 128)
-        for s in (16384, 65536):
+        x = torch.randn(1024, 128)  # the regime: token tiles full, so scratch is a fixed fraction of dense
+        for s in (16384, 131072):
             W, b = torch.randn(s, 128) / 128 ** 0.5, torch.randn(s) * 0.1
             for impl in ("dense", "blocked"):
                 topk_encode(x, W, b, 50, impl=impl)  # steady state: MKL keeps its packing buffers after a first call
@@ -205,9 +205,12 @@ def test_blocked_memory_is_a_fraction_of_dense_and_flat_in_d_sae():
     assert run.returncode == 0, run.stderr
     peak = json.loads(run.stdout.strip().splitlines()[-1])
     mib = 1 << 20
-    assert peak["dense-65536"] >= 0.95 * 512 * 65536 * 4  # dense holds the [N, d_sae] fp32 block (sampling misses a few pages)
-    assert peak["blocked-65536"] <= peak["dense-65536"] / 4
-    assert peak["blocked-65536"] <= 1.25 * peak["blocked-16384"] + 4 * mib  # does not grow with d_sae
+    assert peak["dense-131072"] >= 0.95 * 1024 * 131072 * 4  # dense holds the [N, d_sae] fp32 block (sampling misses a few pages)
+    assert peak["blocked-131072"] <= peak["dense-131072"] / 4
+    # Dense grows 8× with the dictionary; blocked stays within its scratch (the allocator sometimes keeps a second
+    # scratch-sized block alive, so allow up to 2× of the small dictionary's reading, not 8×).
+    assert peak["dense-131072"] >= 7 * peak["dense-16384"]
+    assert peak["blocked-131072"] <= 2.1 * peak["blocked-16384"] + 4 * mib
 
 
 def test_dispatch_and_argument_errors():
