@@ -80,14 +80,21 @@ def _cold() -> list[dict]:
     return rows
 
 
-def prepare(out: Path, per_class: int, seed: int) -> None:
+SOURCES = {"paradetox": _paradetox, "toxigen": _toxigen, "mlma-en": lambda: _mlma("en"), "mlma-fr": lambda: _mlma("fr"),
+           "mlma-ar": lambda: _mlma("ar"), "germeval2018": _germeval, "cold": _cold}
+
+
+def prepare(out: Path, per_class: int, seed: int, sources: list[str] | None = None) -> None:
+    """Balanced samples per source and label; texts the demo SAE was trained on are left out (no leakage)."""
+    from qscope_data.demo.sae_data import text_hash, training_text_hashes
+
     if not DATA.exists():
         sys.exit(f"no data folder at {DATA}")
     rng = random.Random(seed)
-    sources = {"paradetox": _paradetox(), "toxigen": _toxigen(), "mlma-en": _mlma("en"), "mlma-fr": _mlma("fr"),
-               "mlma-ar": _mlma("ar"), "germeval2018": _germeval(), "cold": _cold()}
+    seen_by_sae = training_text_hashes(DATA)
     records = []
-    for name, rows in sources.items():
+    for name in sources or list(SOURCES):
+        rows = [r for r in SOURCES[name]() if text_hash(r["text"]) not in seen_by_sae]
         for label in (0, 1):
             part = [r for r in rows if r["label"] == label]
             rng.shuffle(part)
@@ -108,19 +115,22 @@ def run(features: Path, out: Path, top: int, seed: int, layer: str | None, by: s
                        rules, layer=int(layer) if layer and layer != "auto" else layer)
     report = evaluate_rules([rules], features, out / "report.json", by=by, split="heldout", progress=True)
     print(f"\nmodel {report['model'] or '?'}, layer {report['layer']}, held-out split ({report['n_documents']} documents)")
-    print(f"{'rule':<16} {'group':<8} {'k':>2} {'eps':>7} {'P':>6} {'R':>6} {'F1':>6} {'n':>6}")
+    print(f"{'rule':<16} {'group':<8} {'k':>2} {'eps':>7} {'BA':>6} {'flagged':>7} {'P':>6} {'R':>6} {'F1':>6} "
+          f"{'F1 all':>6} {'n':>6}")
     for r in mined["rules"]:
         entry = report["rules"][r["name"]]
         rows = [("overall", entry["overall"])] + (sorted(entry.get("by_group", {}).items()) if r["group"] is None else [])
         for group, m in rows:
-            print(f"{r['name']:<16} {group:<8} {r['k']:>2} {r['eps']:>7.4g} {m['precision']:6.3f} {m['recall']:6.3f} "
-                  f"{m['f1']:6.3f} {m['n']:>6}")
+            print(f"{r['name']:<16} {group:<8} {r['k']:>2} {r['eps']:>7.4g} {m['balanced_accuracy']:6.3f} "
+                  f"{m['flagged']:7.0%} {m['precision']:6.3f} {m['recall']:6.3f} {m['f1']:6.3f} {m['f1_flag_all']:6.3f} "
+                  f"{m['n']:>6}")
     if report["transfer"]:
         t = report["transfer"]
-        print("\ntransfer F1 (row: mined on, column: evaluated on)")
-        print(" " * 8 + "".join(f"{g:>8}" for g in t["targets"]))
-        for s in t["sources"]:
-            print(f"{s:<8}" + "".join(f"{t['matrix'][s]['f1'][g]:8.3f}" for g in t["targets"]))
+        for key in ("balanced_accuracy", "f1"):
+            print(f"\ntransfer {key} (row: mined on, column: evaluated on)")
+            print(" " * 8 + "".join(f"{g:>8}" for g in t["targets"]))
+            for src in t["sources"]:
+                print(f"{src:<8}" + "".join(f"{t['matrix'][src][key][g]:8.3f}" for g in t["targets"]))
     if report["data_efficiency"]:
         rel = report["data_efficiency"].get("relative_to_full", {})
         for key, points in rel.items():
@@ -135,6 +145,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--per-class", type=int, default=1000, help="records per source and label")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sources", default=None, help=f"comma-separated subset of {', '.join(SOURCES)}")
     r = sub.add_parser("run", help="mine + eval on an encoded store, print the F1 table")
     r.add_argument("--features", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
@@ -144,7 +155,7 @@ def main() -> None:
     r.add_argument("--by", default="lang")
     args = ap.parse_args()
     if args.cmd == "prepare":
-        prepare(args.out, args.per_class, args.seed)
+        prepare(args.out, args.per_class, args.seed, args.sources.split(",") if args.sources else None)
     else:
         run(args.features, args.out, args.top, args.seed, args.layer, args.by)
 

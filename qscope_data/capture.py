@@ -121,6 +121,10 @@ def load_model(
             for a in (getattr(config, "architectures", None) or [])
         ) or getattr(config, "model_type", "") in _CAUSAL_TYPES
     loader = AutoModelForCausalLM if causal else AutoModel
+    if dtype is None:  # "auto": the checkpoint's dtype, except float32 on a CPU without fast bf16
+        from qscope_data.torch_dtypes import model_dtype
+
+        dtype = model_dtype(None, device)
     try:
         model = loader.from_pretrained(spec, revision=revision, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision, trust_remote_code=trust_remote_code)

@@ -62,6 +62,7 @@ class MineConfig(_Strict):
     top: int = Field(5, ge=1, le=200)
     name: str = "mined"
     action: Literal["flag", "drop"] = "flag"
+    criterion: Literal["balanced_accuracy", "f1"] = "balanced_accuracy"
 
 
 class RulesConfig(_Strict):
@@ -80,6 +81,8 @@ class InventoryConfig(_Strict):
     top: int = Field(5, ge=1)
     min_support: int = Field(2, ge=1)
     contrast: Literal["negative", "rest"] = "negative"
+    min_purity: float = Field(0.6, ge=0, le=1)
+    purity_top: int = Field(10, ge=1)
 
 
 class GapsConfig(_Strict):
@@ -165,9 +168,14 @@ class PipelineConfig(_Strict):
 
     def resolve_paths(self, base: Path) -> "PipelineConfig":
         """Relative paths in the file are relative to the config file's folder; `pkg:PACKAGE/sub/path` is a path
-        inside an installed Python package (the demo's backbone and corpus ship that way); hub ids (`org/name` that
+        inside an installed Python package (the demo's SAE and corpus ship that way); `demo:gemma-3-270m` is the
+        demo's converted Gemma folder (`qscope_data.demo.gemma`, built on first use); hub ids (`org/name` that
         is not a path there) and URLs stay as they are."""
         def fix(p: str) -> str:
+            if p == DEMO_MODEL:
+                from qscope_data.demo.gemma import ensure_gemma
+
+                return str(ensure_gemma())
             if p.startswith(PACKAGE_PREFIX):
                 return str(package_path(p))
             if "://" in p or Path(p).is_absolute():
@@ -188,6 +196,7 @@ class PipelineConfig(_Strict):
 
 
 PACKAGE_PREFIX = "pkg:"
+DEMO_MODEL = "demo:gemma-3-270m"  # the embedded default's reader, converted once into the user cache
 
 
 def package_path(spec: str) -> Path:

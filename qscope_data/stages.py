@@ -186,7 +186,8 @@ def mine_rules(config: PipelineConfig, store: str) -> StageResult:
     if m is None:
         raise UsageError("rules.mine is not configured")
     out = layout(config).mined_rules
-    cfg = MineConfig(label_field=m.label_field, positive=m.positive, by=m.by, top=m.top, name=m.name, action=m.action)
+    cfg = MineConfig(label_field=m.label_field, positive=m.positive, by=m.by, top=m.top, name=m.name, action=m.action,
+                     criterion=m.criterion)
     result = mine_store(store, cfg, out)
     lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
              for r in result["rules"]]
@@ -219,7 +220,8 @@ def select_inventory(config: PipelineConfig, store: str) -> StageResult:
         raise UsageError("inventory is not configured")
     inventory = select_features(FeatureStore(store), label_field=inv_cfg.label_field, negative=inv_cfg.negative,
                                 top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer,
-                                contrast=inv_cfg.contrast)
+                                contrast=inv_cfg.contrast, min_purity=inv_cfg.min_purity,
+                                purity_top=inv_cfg.purity_top)
     out = layout(config).inventory
     save_inventory(inventory, out)
     counts = {cat: sum(1 for f in inventory.features if f.category == cat) for cat in inventory.categories()}

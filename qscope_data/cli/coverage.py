@@ -26,6 +26,8 @@ def select(
     top: int = typer.Option(20, "--top", help="Features kept per category."),
     min_support: int = typer.Option(1, "--min-support", help="A feature must fire on at least this many documents of the category."),
     contrast: str = typer.Option("negative", "--contrast", help="Δ against the negative class, or 'rest': every document outside the category."),
+    min_purity: float = typer.Option(0.6, "--min-purity", help="Keep a feature only when this share of its top-activating reference documents carry its category."),
+    purity_top: int = typer.Option(10, "--purity-top", help="Top-activating reference documents that purity is measured on."),
     labels: Path | None = typer.Option(None, "--labels", help="Label file (CSV/JSONL/Parquet: id, label, description, safety score) to merge in, or to use alone."),
     min_safety_score: float | None = typer.Option(None, "--min-safety-score", help="Keep only features whose label-file safety score reaches this."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer of the store (default: its first)."),
@@ -42,7 +44,7 @@ def select(
     if features is not None:
         inventory = select_features(
             FeatureStore(features), label_field=label_field, negative=negative, top=top, min_support=min_support,
-            layer=layer, n_examples=examples, contrast=contrast,
+            layer=layer, n_examples=examples, contrast=contrast, min_purity=min_purity, purity_top=purity_top,
         )
         if label_table is not None:
             inventory = merge_labels(inventory, label_table, path=labels, min_safety_score=min_safety_score)

@@ -60,6 +60,7 @@ def mine(
     name: str = typer.Option("mined", "--name", help="Rule name prefix (rules: <name>_<value>, <name>_all)."),
     action: str = typer.Option("flag", "--action", help="drop | flag | keep, written into the rules."),
     layer: str | None = typer.Option(None, "--layer", help="Layer number or 'auto' (top1-diff; the default with several layers)."),
+    criterion: str = typer.Option("balanced_accuracy", "--criterion", help="What chooses ε and the rule size: balanced_accuracy | f1."),
 ) -> None:
     """Mine OR-rules over the features whose firing rate differs most between positives and negatives."""
     from qscope_data.rules.mine import MineConfig, mine_store
@@ -69,7 +70,8 @@ def mine(
         raise UsageError(f"--action {action!r}: choose drop, flag or keep")
     try:
         cfg = MineConfig(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
-                         heldout_fraction=heldout, validation_fraction=validation, name=name, action=action)
+                         heldout_fraction=heldout, validation_fraction=validation, name=name, action=action,
+                         criterion=criterion)
     except Exception as exc:
         raise UsageError(f"bad option: {str(exc).splitlines()[-1].strip()}") from None
     result = mine_store(features, cfg, out, layer=_layer(layer))
@@ -82,7 +84,8 @@ def mine(
         sel = r["selection"]
         feats = ", ".join(f"f{f}" for f in r["features"])
         print(f"{r['name']:<24} {len(r['features'])} features ({feats}) ε={r['eps']}  "
-              f"{sel['split']} F1 {sel['f1']:.3f}")
+              f"{sel['split']} balanced accuracy {sel['balanced_accuracy']:.3f}, F1 {sel['f1']:.3f}, "
+              f"flagged {sel['flagged']:.0%}")
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {out}")

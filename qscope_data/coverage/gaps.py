@@ -61,6 +61,8 @@ class Gap(BaseModel):
     activation_mass: float
     label: str | None = None
     description: str | None = None
+    purity: float | None = None  # share of its top reference documents that carry its category (the inventory's)
+    languages: dict[str, int] = Field(default_factory=dict)  # reference documents of its category it fires on
     examples: list[str] = Field(default_factory=list)  # reference-store texts that fire it, top by activation
     example_ids: list[str] = Field(default_factory=list)
     example_activations: list[float] = Field(default_factory=list)
@@ -186,7 +188,8 @@ def compute_gaps(
         Gap(
             feature=f.id, category=f.category, delta=f.delta, safety_score=f.safety_score,
             target_docs=cov_by_id[f.id].target_docs, activation_mass=cov_by_id[f.id].activation_mass, label=f.label,
-            description=f.description, examples=[e[2] for e in examples.get(f.id, [])],
+            description=f.description, purity=f.purity, languages=dict(f.languages),
+            examples=[e[2] for e in examples.get(f.id, [])],
             example_ids=[e[0] for e in examples.get(f.id, [])], example_activations=[e[1] for e in examples.get(f.id, [])],
         )
         for f in gap_feats

@@ -45,6 +45,8 @@ class InventoryFeature(BaseModel):
     rate: float | None = None  # P(fires | category)
     rate_negative: float | None = None  # P(fires | negative)
     examples: list[str] = Field(default_factory=list)  # reference-store doc_ids, top by activation
+    purity: float | None = None  # share of its top-activating reference documents that carry its category
+    languages: dict[str, int] = Field(default_factory=dict)  # documents of its category it fires on, per language
     label: str | None = None
     description: str | None = None
     safety_score: float | None = None
@@ -61,6 +63,9 @@ class Provenance(BaseModel):
     documents: dict[str, int] = Field(default_factory=dict)  # reference documents per category
     top: int | None = None
     min_support: int | None = None
+    min_purity: float | None = None
+    purity_top: int | None = None
+    candidates: int | None = None  # features that passed Δ and support, before the purity threshold
     labels_file: str | None = None
     labels_sha256: str | None = None
     min_safety_score: float | None = None
@@ -100,6 +105,9 @@ def select_features(
     layer: int | None = None,
     n_examples: int = 5,
     contrast: str = "negative",
+    min_purity: float = 0.6,
+    purity_top: int = 10,
+    lang_field: str | None = "lang",
 ) -> Inventory:
     """Rank features per non-negative category by Δ against the negative class; keep the top `top` per category.
 
@@ -108,11 +116,20 @@ def select_features(
 
     A feature qualifies for a category when Δ > 0 and it fires on at least `min_support` of that category's documents;
     it is then assigned to the single category where its Δ is largest (ties: category name), and the `top` best per
-    category (Δ desc, support desc, id asc) are kept. Documents whose label is null are ignored."""
+    category (Δ desc, support desc, id asc) are kept. Documents whose label is null are ignored.
+
+    Specificity: a feature's *purity* is the share of its `purity_top` top-activating reference documents (by peak
+    activation, over every labelled document, negative class included) that carry its category. Δ alone admits
+    features that fire a little more often on harmful text but mostly stand for something else (a language, "a
+    request"); a feature is kept only when its purity reaches `min_purity`."""
     if top < 1:
         raise UsageError(f"--top must be ≥ 1 (got {top})")
     if min_support < 1:
         raise UsageError(f"--min-support must be ≥ 1 (got {min_support})")
+    if not 0.0 <= min_purity <= 1.0:
+        raise UsageError(f"--min-purity must be between 0 and 1 (got {min_purity})")
+    if purity_top < 1:
+        raise UsageError(f"--purity-top must be ≥ 1 (got {purity_top})")
     if contrast not in ("negative", "rest"):
         raise UsageError(f"--contrast must be 'negative' or 'rest' (got {contrast!r})")
     layer = store.resolve_layer(layer)
@@ -120,10 +137,13 @@ def select_features(
     if label_field not in columns:
         extra = ", ".join(store.passthrough_columns(layer)) or "none"
         raise DataError(f"{store.root}: no column {label_field!r} to label documents by (pass-through columns: {extra})")
+    lang = lang_field if lang_field and lang_field in columns and lang_field != label_field else None
+    lang_col = pl.col(lang).cast(pl.String).fill_null("?") if lang else pl.lit("?")
     try:
         docs = (
-            store.scan(layer, ["doc_id", label_field, "feature_ids", "max_acts"])
-            .select("doc_id", pl.col(label_field).cast(pl.String).alias("_cat"), "feature_ids", "max_acts")
+            store.scan(layer, ["doc_id", label_field, "feature_ids", "max_acts", *([lang] if lang else [])])
+            .select("doc_id", pl.col(label_field).cast(pl.String).alias("_cat"), lang_col.alias("_lang"),
+                    "feature_ids", "max_acts")
             .filter(pl.col("_cat").is_not_null())
         )
         sizes = docs.group_by("_cat").agg(pl.len().alias("n")).collect()
@@ -161,8 +181,20 @@ def select_features(
         .group_by("feature", maintain_order=True)
         .first()
     )
+    top_docs = (
+        pairs.join(best.lazy().select("feature", pl.col("_cat").alias("_assigned")), on="feature")
+        .sort(["feature", "max_acts", "doc_id"], descending=[False, True, False])
+        .group_by("feature", maintain_order=True)
+        .head(purity_top)
+        .group_by("feature")
+        .agg((pl.col("_cat") == pl.col("_assigned")).mean().alias("purity"))
+        .collect()
+    )
+    best = best.join(top_docs, on="feature", how="left")
+    candidates = best.height
     chosen = (
-        best.sort(["_cat", "delta", "support", "feature"], descending=[False, True, True, False])
+        best.filter(pl.col("purity") >= min_purity)
+        .sort(["_cat", "delta", "support", "feature"], descending=[False, True, True, False])
         .group_by("_cat", maintain_order=True)
         .head(top)
     )
@@ -173,11 +205,21 @@ def select_features(
         .collect()
     )
     ex_map = {(r["_cat"], r["feature"]): r["examples"] for r in examples.iter_rows(named=True)}
+    langs = (
+        pairs.join(chosen.lazy().select("_cat", "feature"), on=["_cat", "feature"])
+        .group_by("feature", "_lang").agg(pl.col("doc_id").n_unique().alias("n"))
+        .collect()
+    )
+    lang_map: dict[int, dict[str, int]] = {}
+    for r in langs.sort(["feature", "n", "_lang"], descending=[False, True, False]).iter_rows(named=True):
+        if lang:
+            lang_map.setdefault(int(r["feature"]), {})[r["_lang"]] = int(r["n"])
     features = [
         InventoryFeature(
             id=int(r["feature"]), category=r["_cat"], delta=round(float(r["delta"]), 6), support=int(r["support"]),
             rate=round(float(r["rate"]), 6), rate_negative=round(float(r["rate_negative"]), 6),
-            examples=list(ex_map.get((r["_cat"], r["feature"]), [])),
+            examples=list(ex_map.get((r["_cat"], r["feature"]), [])), purity=round(float(r["purity"]), 4),
+            languages=lang_map.get(int(r["feature"]), {}),
         )
         for r in chosen.iter_rows(named=True)
     ]
@@ -185,7 +227,7 @@ def select_features(
     provenance = Provenance(
         source="store", store=str(store.root.resolve()), store_manifest=store.manifest_hash(), label_field=label_field,
         negative=negative, layer=layer, sae=sae.model_dump(), documents=dict(sorted(n_docs.items())), top=top,
-        min_support=min_support,
+        min_support=min_support, min_purity=min_purity, purity_top=purity_top, candidates=candidates,
     )
     return Inventory(provenance=provenance, features=features)
 
@@ -296,7 +338,7 @@ def inventory_from_labels(
 
 def save_inventory(inventory: Inventory, path: str | Path) -> None:
     data = inventory.model_dump(mode="json")
-    data["features"] = [{k: v for k, v in f.items() if v is not None} for f in data["features"]]
+    data["features"] = [{k: v for k, v in f.items() if v not in (None, {})} for f in data["features"]]
     atomic.write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120))
 
 

@@ -50,6 +50,11 @@ def _cell(text: Any, width: int = 160) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
+def _langs(gap: dict) -> str:
+    """Languages of the reference documents it fires on, most first (`en 4, zh 2`)."""
+    return ", ".join(f"{k} {v}" for k, v in (gap.get("languages") or {}).items())
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -100,11 +105,13 @@ def gap_report_markdown(gaps: GapReport | dict[str, Any], *, max_gaps: int = 25,
     if not r["gaps"]:
         lines.append("No gaps: every inventory feature fires on the target.")
     else:
-        lines += ["| feature | category | Δ | target docs | label | top reference example |", "|---:|---|---:|---:|---|---|"]
+        lines += ["| feature | category | Δ | purity | languages | target docs | label | top reference example |",
+                  "|---:|---|---:|---:|---|---:|---|---|"]
         for g in r["gaps"][:max_gaps]:
             example = _cell(g["examples"][0], max_example_chars) if g.get("examples") else ""
             label = _cell(g.get("label") or g.get("description") or "", 60)
-            lines.append(f"| {g['feature']} | {_cell(g['category'])} | {_fmt(g.get('delta'))} | {g['target_docs']} | {label} | {example} |")
+            lines.append(f"| {g['feature']} | {_cell(g['category'])} | {_fmt(g.get('delta'))} | {_fmt(g.get('purity'))} "
+                         f"| {_langs(g)} | {g['target_docs']} | {label} | {example} |")
     return "\n".join(lines) + "\n"
 
 
@@ -198,12 +205,14 @@ def gap_report_html(report: GapReport | dict[str, Any], figures: dict[str, bytes
     if not r["gaps"]:
         parts.append("<p>No gaps: every inventory feature fires on the target.</p>")
     else:
-        parts.append("<table><tr><th>feature</th><th>category</th><th>Δ</th><th>target docs</th><th>label / description</th>"
+        parts.append("<table><tr><th>feature</th><th>category</th><th>Δ</th><th>purity</th><th>languages</th>"
+                     "<th>target docs</th><th>label / description</th>"
                      "<th>reference examples (top by activation)</th></tr>")
         for g in r["gaps"][:max_gaps]:
             label = " — ".join(esc(x) for x in (g.get("label"), g.get("description")) if x)
             examples = "".join(f'<div class="ex">{esc(_cell(t, 400))}</div>' for t in g.get("examples", [])) or '<span class="muted">–</span>'
             parts.append(f'<tr><td class="num">{g["feature"]}</td><td>{esc(g["category"])}</td><td class="num">{_fmt(g.get("delta"))}</td>'
+                         f'<td class="num">{_fmt(g.get("purity"))}</td><td>{esc(_langs(g))}</td>'
                          f'<td class="num">{g["target_docs"]}</td><td>{label}</td><td>{examples}</td></tr>')
         parts.append("</table>")
     parts += ["<details><summary>All inventory features</summary><table><tr><th>feature</th><th>category</th><th>Δ</th>"

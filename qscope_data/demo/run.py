@@ -1,9 +1,9 @@
-"""`qscope demo`: the whole pipeline, offline, on a real small model with an SAE trained on the spot.
+"""`qscope demo`: the whole pipeline, offline, on a real multilingual causal LM read through a shipped SAE.
 
-Steps: train (or reuse, by fingerprint) a TopK SAE on all-MiniLM-L6-v2's layer-3 residual stream → run the packaged
-pipeline config (`pipeline.yaml`) as Prefect flows: encode → rules mine + score → features select + gaps → synth
-(offline generator, verified by re-encoding) → curate → evaluate the mined toxicity rules on the held-back split →
-write one overview page (`report/report.html`) and print where everything is.
+Steps: convert (once, into the user cache) Gemma-3-270M from its PyPI GGUF → verify the shipped demo SAE (block 9,
+trained by `make demo-sae`) → run the packaged pipeline config (`pipeline.yaml`) as Prefect flows: encode → rules
+mine + score → features select + gaps → synth (verified by re-encoding) → curate → evaluate the mined toxicity rules
+on the held-back split → write one overview page (`report/report.html`) and print where everything is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 from qscope_data import atomic
 
 PIPELINE_TEMPLATE = Path(__file__).with_name("pipeline.yaml")
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @dataclass
@@ -31,32 +30,31 @@ class DemoSummary:
     gaps: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
     curate: dict[str, Any] = field(default_factory=dict)
+    inventory: dict[str, Any] = field(default_factory=dict)
+    density: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
 
 
-def train_demo_sae(out: Path, *, use_shared: bool = True, progress: bool = True, sae_overrides: dict | None = None):
-    """The demo SAE in `out/sae`, trained unless an SAE from the same recipe and input bytes is already there."""
-    from qscope_data.demo.backbone import demo_sae_config, write_shared_training_text
-    from qscope_data.sae.train import load_trained, train_sae
+def demo_sae_summary() -> dict[str, Any]:
+    """The shipped SAE's shape and its held-out quality figures (from `make demo-sae`'s metrics.json)."""
+    from qscope_data.demo.demo_sae import demo_sae_metrics, load_demo_sae
 
-    extra: list[str] = []
-    if use_shared and SHARED_DATA.exists():
-        extra_path = write_shared_training_text(SHARED_DATA, out / "sae-extra-text.jsonl")
-        if extra_path is not None:
-            extra.append(str(extra_path))
-    cfg = demo_sae_config(extra, **(sae_overrides or {}))
-    sae_dir = out / "sae"
-    cached = load_trained(sae_dir, cfg)
-    if cached is not None:
-        return cached, json.loads((sae_dir / "metrics.json").read_text()) if (sae_dir / "metrics.json").exists() else {}, True
-    result = train_sae(cfg, sae_dir, progress=progress)
-    return result.sae, result.metrics, False
+    sae = load_demo_sae()
+    metrics = demo_sae_metrics()
+    rows = {r["name"]: r for r in metrics.get("held_out", [])}
+    ours = rows.get("sae", {})
+    return {"d_sae": sae.d_sae, "k": sae.k, "layer": sae.layer,
+            "explained_variance": ours.get("explained_variance"), "dead_fraction": ours.get("dead_fraction"),
+            "l0": ours.get("l0"), "loss_recovered": ours.get("loss_recovered"),
+            "loss_recovered_mean_ablation": rows.get("mean-ablation", {}).get("loss_recovered"),
+            "loss_recovered_random": rows.get("random SAE", {}).get("loss_recovered")}
 
 
-def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progress: bool = True,
-             sae_overrides: dict | None = None) -> DemoSummary:
-    """Everything under `out`; `sae_overrides` changes the SAE recipe (tests use a small training budget)."""
+def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=print) -> DemoSummary:
+    """Everything under `out`; a rerun reuses the converted model and every cached stage."""
     from qscope_data.config import load_config
+    from qscope_data.coverage.inventory import load_inventory
+    from qscope_data.demo.gemma import ensure_gemma
     from qscope_data.rules.evaluate import evaluate_rules
     from qscope_data.stages import layout
 
@@ -64,14 +62,8 @@ def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progre
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary(out=out)
-
-    sae, metrics, cached = train_demo_sae(out, use_shared=use_shared, progress=progress, sae_overrides=sae_overrides)
-    summary.sae = {
-        "cached": cached, "d_sae": sae.d_sae, "k": sae.k, "layer": sae.layer,
-        "explained_variance": metrics.get("explained_variance", metrics.get("final", {}).get("explained_variance")),
-        "dead_fraction": metrics.get("dead_fraction", metrics.get("final", {}).get("dead_fraction")),
-        "extra_text": bool(use_shared and SHARED_DATA.exists()),
-    }
+    ensure_gemma(log=log)
+    summary.sae = demo_sae_summary()
 
     config_path = out / "config.yaml"
     atomic.write_text(config_path, PIPELINE_TEMPLATE.read_text())
@@ -87,6 +79,12 @@ def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progre
                          curve=False, progress=progress)
     summary.toxicity = _toxicity_summary(tox)
     summary.gaps = json.loads((where.gaps / "gaps.json").read_text())
+    inventory = load_inventory(where.inventory)
+    purities = sorted(f.purity for f in inventory.features if f.purity is not None)
+    summary.inventory = {"features": len(inventory.features), "candidates": inventory.provenance.candidates,
+                         "median_purity": purities[len(purities) // 2] if purities else None,
+                         "min_purity": inventory.provenance.min_purity}
+    summary.density = _dictionary_density(where.store("sft"), sae_width=summary.sae["d_sae"])
     synth_summary = json.loads((where.synth / "summary.json").read_text())
     summary.synth = synth_summary
     curated_manifest = json.loads((where.curated / "manifest.json").read_text())
@@ -107,13 +105,29 @@ def run_demo(out: str | Path = "qscope-demo", *, use_shared: bool = True, progre
 
 
 def _toxicity_summary(report: dict) -> dict:
-    """The pooled rule's held-back P/R/F1, and each per-language rule's F1 on its own language."""
+    """The pooled rule's held-back figures, and each per-language rule's balanced accuracy on its own language."""
     rules = report["rules"]
     pooled = next((name for name in rules if name.endswith("_all")), next(iter(rules)))
     overall = rules[pooled]["overall"]
-    by_lang = {name.rsplit("_", 1)[-1]: r["overall"]["f1"] for name, r in rules.items() if name != pooled}
-    return {"rule": pooled, "f1": overall["f1"], "precision": overall["precision"], "recall": overall["recall"],
-            "n": overall["n"], "f1_by_lang": by_lang}
+    by_lang = {name.rsplit("_", 1)[-1]: r["overall"]["balanced_accuracy"] for name, r in rules.items()
+               if name != pooled}
+    return {"rule": pooled, **{k: overall[k] for k in ("f1", "precision", "recall", "balanced_accuracy", "flagged",
+                                                          "f1_flag_all", "n")}, "balanced_accuracy_by_lang": by_lang}
+
+
+def _dictionary_density(store_path: Path, sae_width: int) -> dict:
+    """How much of the dictionary one document fires: the median and 90th percentile share (the store's features)."""
+    import polars as pl
+
+    from qscope_data.store import FeatureStore
+
+    store = FeatureStore(store_path)
+    layer = store.resolve_layer(None)
+    n = store.scan(layer, ["feature_ids"]).select(pl.col("feature_ids").list.n_unique().alias("n")).collect()["n"]
+    if n.len() == 0:
+        return {}
+    return {"median_share": float(n.median()) / sae_width, "p90_share": float(n.quantile(0.9)) / sae_width,
+            "median_features": float(n.median())}
 
 
 def _png_tag(path: Path, alt: str) -> str:
@@ -130,11 +144,9 @@ def _write_overview(s: DemoSummary, where, tox_dir: Path, tox: dict) -> None:
     after = synth_cov.get("after", {}).get("overall", {})
     counts = s.curate.get("counts", {})
     rows = [
-        ("SAE", f"d_sae {s.sae['d_sae']}, k {s.sae['k']}, layer {s.sae['layer']}, explained variance "
-                f"{_fmt(s.sae['explained_variance'])}, dead fraction {_fmt(s.sae['dead_fraction'])}"),
-        ("Toxicity rule (held-back split)", f"F1 {s.toxicity['f1']:.3f} (P {s.toxicity['precision']:.3f}, "
-                                            f"R {s.toxicity['recall']:.3f}, n {s.toxicity['n']}); by language: "
-                                            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s.toxicity['f1_by_lang'].items()))),
+        ("SAE (held-out text)", html.escape(_sae_line(s.sae))),
+        ("Toxicity rule (held-back split)", html.escape(_toxicity_line(s.toxicity))),
+        ("Safety inventory", html.escape(_inventory_line(s))),
         ("Safety-feature coverage of the SFT set", f"{cov.get('covered')}/{cov.get('total')} features fire on ≥ "
                                                    f"{s.gaps.get('min_docs', 1)} documents; {len(s.gaps.get('gaps', []))} gaps"),
         ("After verified synthesis", f"{after.get('covered')}/{after.get('total')} features; "
@@ -153,13 +165,35 @@ def _write_overview(s: DemoSummary, where, tox_dir: Path, tox: dict) -> None:
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:.4em .6em;text-align:left;vertical-align:top}}
 figure{{margin:1.5em 0}}img{{max-width:100%}}code{{font-size:.9em}}</style></head><body>
-<h1>qscope demo</h1><p>all-MiniLM-L6-v2 (layer {s.sae['layer']}) with a TopK SAE trained on the spot; the packaged
-demo corpus; finished in {s.seconds:.0f} s.</p><table>{table}</table>{figures}<h2>Files</h2><ul>{links}</ul></body></html>"""
+<h1>qscope demo</h1><p>google/gemma-3-270m (block {s.sae['layer']}) read through the shipped TopK SAE
+({s.sae['d_sae']:,} features, k {s.sae['k']}); the packaged demo corpus in six languages; finished in {s.seconds:.0f} s.
+Gemma is provided under the <a href="https://ai.google.dev/gemma/terms">Gemma Terms of Use</a>.</p><table>{table}</table>{figures}<h2>Files</h2><ul>{links}</ul></body></html>"""
     atomic.write_text(s.out / "report" / "report.html", page)
 
 
 def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+def _sae_line(sae: dict) -> str:
+    return (f"d_sae {sae['d_sae']:,}, k {sae['k']}, block {sae['layer']}: explained variance "
+            f"{_fmt(sae['explained_variance'])}, L0 {_fmt(sae['l0'])}, dead {_fmt(sae['dead_fraction'])}, "
+            f"loss recovered {_fmt(sae['loss_recovered'])} (mean-ablation {_fmt(sae['loss_recovered_mean_ablation'])}, "
+            f"random SAE {_fmt(sae['loss_recovered_random'])})")
+
+
+def _toxicity_line(t: dict) -> str:
+    return (f"balanced accuracy {t['balanced_accuracy']:.3f}, flagged {t['flagged']:.0%}, F1 {t['f1']:.3f} "
+            f"(flag-everything F1 {t['f1_flag_all']:.3f}; P {t['precision']:.3f}, R {t['recall']:.3f}, n {t['n']}); "
+            "per-language rules, balanced accuracy: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(t["balanced_accuracy_by_lang"].items())))
+
+
+def _inventory_line(s: "DemoSummary") -> str:
+    inv, dens = s.inventory, s.density
+    return (f"{inv.get('features')} specific features of {inv.get('candidates')} candidates (purity ≥ "
+            f"{_fmt(inv.get('min_purity'))}); median purity {_fmt(inv.get('median_purity'))}; a median SFT prompt "
+            f"fires {dens.get('median_share', float('nan')):.1%} of the dictionary")
 
 
 def print_summary(s: DemoSummary, console) -> None:
@@ -170,11 +204,9 @@ def print_summary(s: DemoSummary, console) -> None:
     after = s.synth.get("coverage", {}).get("after", {}).get("overall", {})
     totals = s.synth.get("totals", {})
     counts = s.curate.get("counts", {})
-    table.add_row("SAE", f"{'reused' if s.sae['cached'] else 'trained'}: d_sae {s.sae['d_sae']}, k {s.sae['k']}, "
-                         f"explained variance {_fmt(s.sae['explained_variance'])}, dead {_fmt(s.sae['dead_fraction'])}")
-    table.add_row("toxicity F1 (held-back)", f"{s.toxicity['f1']:.3f} pooled rule (P {s.toxicity['precision']:.3f}, "
-                                             f"R {s.toxicity['recall']:.3f}, n {s.toxicity['n']}); per-language rules: "
-                                             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s.toxicity["f1_by_lang"].items())))
+    table.add_row("SAE (held-out)", _sae_line(s.sae))
+    table.add_row("toxicity (held-back)", _toxicity_line(s.toxicity))
+    table.add_row("inventory", _inventory_line(s))
     table.add_row("gaps", f"{len(s.gaps.get('gaps', []))} of {cov.get('total')} inventory features fire on fewer than "
                           f"{s.gaps.get('min_docs', 1)} SFT documents")
     table.add_row("synthesis", f"{totals.get('accepted', 0)} verified samples; coverage {cov.get('covered')} → {after.get('covered')} "

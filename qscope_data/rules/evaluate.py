@@ -179,13 +179,12 @@ def evaluate_rules(
         matrix = {}
         for r, (field, values) in mined:
             pred_all = raw[r.name].to_numpy().astype(bool)
-            row = {}
-            for g in targets:
-                m = groups == g
-                row[g] = _metrics(pred_all[m], y_all[m])["f1"]
-            matrix[values[0]] = {"rule": r.name, "f1": row}
+            cells = {g: _metrics(pred_all[groups == g], y_all[groups == g]) for g in targets}
+            matrix[values[0]] = {"rule": r.name, **{key: {g: c[key] for g, c in cells.items()}
+                                                     for key in ("f1", "balanced_accuracy", "flagged")}}
         transfer = {"sources": list(matrix), "targets": targets, "matrix": matrix,
-                    "note": "F1 of the rule mined on the row's group, applied (scope ignored) to the column's documents"}
+                    "note": "the rule mined on the row's group, applied (scope ignored) to the column's documents: "
+                            "F1, balanced accuracy and the share flagged"}
 
     efficiency = None
     if curve and cfg is not None and spec is not None:

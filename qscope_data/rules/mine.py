@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -50,6 +50,7 @@ class MineConfig(BaseModel):
     name: str = "mined"
     action: str = "flag"
     examples: int = Field(default=3, ge=0, le=20)
+    criterion: Literal["balanced_accuracy", "f1"] = "balanced_accuracy"  # what (k, ε) are chosen by
 
 
 @dataclass
@@ -167,7 +168,12 @@ def rank_features(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def prf(pred: np.ndarray, y: np.ndarray) -> dict[str, float | int]:
-    """Precision, recall, F1 and the confusion counts (F1 = 0 when there is no true positive)."""
+    """Precision, recall, F1, balanced accuracy, the share flagged, the flag-everything F1 floor, confusion counts.
+
+    F1 flatters a rule that flags everything (on a set that is 70% positive, flagging all scores F1 0.82), so every
+    report carries balanced accuracy ((TPR + TNR) / 2: 0.5 for any constant rule) and the share of documents
+    flagged beside it, and `f1_flag_all` — the F1 of flagging everything on the same documents — as the floor.
+    """
     tp = int(np.sum(pred & y))
     fp = int(np.sum(pred & ~y))
     fn = int(np.sum(~pred & y))
@@ -175,7 +181,13 @@ def prf(pred: np.ndarray, y: np.ndarray) -> dict[str, float | int]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n": int(pred.size)}
+    pos, neg = tp + fn, fp + tn
+    tnr = tn / neg if neg else 0.0
+    balanced = (recall + tnr) / 2 if pos and neg else (recall if pos else tnr)
+    n = int(pred.size)
+    return {"precision": precision, "recall": recall, "f1": f1, "balanced_accuracy": balanced,
+            "flagged": (tp + fp) / n if n else 0.0, "f1_flag_all": 2 * pos / (2 * pos + neg) if pos else 0.0,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n": n}
 
 
 def eps_grid(acts_pos: np.ndarray) -> list[float]:
@@ -187,21 +199,27 @@ def eps_grid(acts_pos: np.ndarray) -> list[float]:
     return sorted(g for g in grid if g >= 0)
 
 
-def choose_k_eps(acts: np.ndarray, y: np.ndarray, grid: list[float]) -> tuple[int, float, dict[str, Any]]:
-    """The (k, ε) with the best F1 of `any of the first k candidates > ε`; ties → fewer features, then smaller ε."""
+def choose_k_eps(acts: np.ndarray, y: np.ndarray, grid: list[float],
+                 criterion: str = "balanced_accuracy") -> tuple[int, float, dict[str, Any]]:
+    """The (k, ε) of `any of the first k candidates > ε` with the best `criterion` (balanced accuracy by default:
+    F1 prefers rules that flag nearly everything on a mostly-positive set); ties → fewer features, then smaller ε."""
     best: tuple[float, int, float] | None = None
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
     for eps in grid:
         fires = acts > eps
         pred_k = np.logical_or.accumulate(fires, axis=1)  # column k-1: OR of the first k candidates
         tp = (pred_k & y[:, None]).sum(0)
         fp = (pred_k & ~y[:, None]).sum(0)
         fn = (~pred_k & y[:, None]).sum(0)
-        denom = 2 * tp + fp + fn
-        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        if criterion == "f1":
+            denom = 2 * tp + fp + fn
+            score = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        else:
+            score = (tp / max(n_pos, 1) + (n_neg - fp) / max(n_neg, 1)) / 2
         for k in range(1, acts.shape[1] + 1):
-            key = (float(f1[k - 1]), -k, -eps)
+            key = (float(score[k - 1]), -k, -eps)
             if best is None or key > (best[0], -best[1], -best[2]):
-                best = (float(f1[k - 1]), k, eps)
+                best = (float(score[k - 1]), k, eps)
     assert best is not None
     _, k, eps = best
     pred = np.any(acts[:, :k] > eps, axis=1)
@@ -227,10 +245,10 @@ def mine_group(df: pl.DataFrame, name: str, group: str | None, cfg: MineConfig) 
     grid = eps_grid(disc_acts[y_disc])
     y_val = val["y"].to_numpy().astype(bool)
     if val.height and y_val.any() and (~y_val).any():
-        k, eps, metrics = choose_k_eps(ranked_acts(val), y_val, grid)
+        k, eps, metrics = choose_k_eps(ranked_acts(val), y_val, grid, cfg.criterion)
         selection = {"split": splits.VALIDATION, **metrics}
     else:  # too little data for a separate validation part: choose on discovery and say so
-        k, eps, metrics = choose_k_eps(disc_acts, y_disc, grid)
+        k, eps, metrics = choose_k_eps(disc_acts, y_disc, grid, cfg.criterion)
         selection = {"split": splits.DISCOVERY, **metrics}
 
     mining = pl.concat([disc, val]) if val.height else disc
@@ -332,7 +350,8 @@ def _rule_comment(rule: MinedRule) -> list[str]:
     sel = rule.selection
     lines = [
         f"# {rule.name}: {rule.k} of {len(rule.features)} ranked features, eps = {format_eps(rule.eps)}; "
-        f"{sel['split']} F1 {sel['f1']:.3f} (P {sel['precision']:.3f}, R {sel['recall']:.3f}, n = {sel['n']})",
+        f"{sel['split']} balanced accuracy {sel['balanced_accuracy']:.3f}, F1 {sel['f1']:.3f} (P {sel['precision']:.3f}, "
+        f"R {sel['recall']:.3f}, flagged {sel['flagged']:.0%}, n = {sel['n']})",
     ]
     for f in rule.features:
         mark = "*" if f.used else " "

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,10 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(20, gt=1, description="every n-th text is held out for evaluation")
     eval_tokens: int = Field(8192, gt=0)
     warmup_steps: int = Field(50, ge=0)
+    decay_fraction: float = Field(0.2, ge=0, le=1, description="linear lr decay to 0 over this last share of the budget")
+    normalize: Literal["none", "mean-norm"] = Field(
+        "mean-norm", description="mean-norm: train on x · √d_model / E‖x‖ (one dataset-wise scale, folded back at save)")
+    activations: str | None = Field(None, description="activation cache folder: collected once, reused by later runs")
     log_every: int = Field(25, gt=0)
     seed: int = 0
     device: str = "cpu"
@@ -86,7 +91,7 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of the config and the input files' bytes: equal fingerprints give the same SAE."""
-        payload = self.model_dump(exclude={"log_every", "device", "cache_bytes"})
+        payload = self.model_dump(exclude={"log_every", "device", "cache_bytes", "activations"})
         payload["inputs_sha"] = input_fingerprint(resolve_paths(self.inputs))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -262,15 +267,19 @@ class TopKTrainer(torch.nn.Module):
             self.W_dec.grad -= parallel * self.W_dec
 
     @torch.no_grad()
-    def to_sae(self, *, layer: int, source: str, extra: dict) -> SparseAutoencoder:
-        """Qwen-Scope form: pre = W_enc x + (b_enc − W_enc b_dec), identical pre-activations, no input bias."""
+    def to_sae(self, *, layer: int, source: str, extra: dict, scale: float = 1.0) -> SparseAutoencoder:
+        """Qwen-Scope form on raw activations: pre = (s·W_enc) x + (b_enc − W_enc b_dec), x̂ = (W_dec/s) z + b_dec/s.
+
+        The trainer saw s·x (the dataset-wise normalisation); folding s into the weights keeps the file's formula
+        the plain one every stage uses, with identical pre-activations and feature values.
+        """
         W_enc = self.W_enc.detach().float().cpu()
         b_dec = self.b_dec.detach().float().cpu()
         b_enc = self.b_enc.detach().float().cpu() - W_enc @ b_dec
         return SparseAutoencoder(
-            W_enc=W_enc.contiguous(), b_enc=b_enc.contiguous(), W_dec=self.W_dec.detach().float().cpu().T.contiguous(),
-            b_dec=b_dec.contiguous(), k=self.k, layer=layer, hook="resid_post", source=source, format="qscope",
-            input_bias=False, extra=extra,
+            W_enc=(W_enc * scale).contiguous(), b_enc=b_enc.contiguous(),
+            W_dec=(self.W_dec.detach().float().cpu().T / scale).contiguous(), b_dec=(b_dec / scale).contiguous(),
+            k=self.k, layer=layer, hook="resid_post", source=source, format="qscope", input_bias=False, extra=extra,
         )
 
 
@@ -385,6 +394,56 @@ class ActivationSource:
                 yield from iter_positions(self.lm, self.cfg.layer, texts, self.cfg, self.stats)
 
 
+class TensorActivationSource:
+    """Training and held-out activations already in memory (or memory-mapped): [N, d_model] tensors."""
+
+    CHUNK = 65536
+
+    def __init__(self, train_x: torch.Tensor, eval_x: torch.Tensor, *, texts: int = 0):
+        self.train_x, self.eval_x = train_x, eval_x
+        self.stats, self.eval_stats, self.rejects = StreamStats(texts, int(train_x.shape[0])), StreamStats(), []
+        self.pass_positions = 0
+
+    def held_out(self) -> torch.Tensor:
+        return self.eval_x.clone()
+
+    def passes(self, repeat: bool) -> Iterator[torch.Tensor]:
+        n = self.train_x.shape[0]
+        if n == 0:
+            raise UsageError("the activation source holds no training positions")
+        self.pass_positions = n
+        while True:
+            for i in range(0, n, self.CHUNK):
+                yield self.train_x[i:i + self.CHUNK].clone()
+            if not repeat:
+                return
+
+
+def cached_source(lm, cfg: TrainConfig, on_read: Callable[[str], None]) -> TensorActivationSource:
+    """Activations from the cache in `cfg.activations`, collected first (one forward over the inputs) when absent.
+
+    Reused while its fingerprint — model, block, inputs' bytes, truncation, held-out split — matches.
+    """
+    from qscope_data.sae import activations
+
+    folder = Path(cfg.activations)
+    key = {"model": lm.describe(), "layer": cfg.layer, "inputs": input_fingerprint(resolve_paths(cfg.inputs)),
+           "max_tokens": cfg.max_tokens, "eval_every": cfg.eval_every, "text_field": cfg.text_field}
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    rejects: list[dict] = []
+    texts = _split_texts(cfg.model_copy(update={"eval_every": 10**12}), lm.tokenizer, rejects, held_out=False)
+    meta = activations.collect(
+        lm, [cfg.layer], texts, folder, fingerprint=fingerprint, max_tokens=cfg.max_tokens,
+        text_batch=cfg.text_batch, eval_every=cfg.eval_every,
+        on_progress=lambda m: on_read(f"caching activations: {m.texts:,} texts, {m.train_positions:,} positions"),
+    )
+    source = TensorActivationSource(activations.load(folder, cfg.layer, "train"),
+                                    activations.load(folder, cfg.layer, "heldout", limit=cfg.eval_tokens),
+                                    texts=meta.texts)
+    source.rejects = rejects
+    return source
+
+
 def train_sae(
     cfg: TrainConfig,
     out: str | Path | None = None,
@@ -392,10 +451,12 @@ def train_sae(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     lm=None,
+    source: TensorActivationSource | None = None,
 ) -> TrainResult:
     """Train per `cfg`; with `out`, write sae.json + sae.safetensors (canonical), metrics.json and rejects.jsonl.
 
-    `lm` reuses an already loaded model (a `qscope_data.capture.LoadedModel`), e.g. when a flow trains several layers.
+    `lm` reuses an already loaded model (a `qscope_data.capture.LoadedModel`), e.g. when a flow trains several layers;
+    `source` gives the activations directly (e.g. one cache read for several recipes).
     """
     from qscope_data.capture import check_layers, load_model
     from qscope_data.torch_dtypes import parse_dtype
@@ -422,11 +483,17 @@ def train_sae(
     bar = _Progress(budget, enabled=progress)
     t0 = time.perf_counter()
     with bar:
-        source = ActivationSource(lm, cfg, bar.status)
+        if source is None:
+            source = (cached_source if cfg.activations else ActivationSource)(lm, cfg, bar.status)
         eval_x = source.held_out().to(device)
+        scale = 1.0
         buffer = min(cfg.shuffle_buffer, budget) if budget else cfg.shuffle_buffer  # don't read far past the budget
         for x in shuffled_batches(source.passes(repeat=budget is not None), cfg.batch_size, buffer, gen):
             x = x[: budget - seen].to(device) if budget is not None else x.to(device)
+            if step == 0 and cfg.normalize == "mean-norm" and not from_release:
+                scale = math.sqrt(lm.d_model) / float(x.norm(dim=-1).mean().clamp_min(1e-12))
+                eval_x = eval_x * scale
+            x = x * scale
             if step == 0:
                 if not from_release:
                     with torch.no_grad():
@@ -435,7 +502,7 @@ def train_sae(
                 say(f"init: explained variance {init_eval['explained_variance']:.3f} on {eval_x.shape[0]:,} "
                     "held-out positions")
             for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+                group["lr"] = lr * _lr_factor(step, seen, budget, cfg)
             x_hat, values, ids, pre = sae(x)
             dead = since_fired > dead_tokens
             main = fvu(x_hat, x)
@@ -482,6 +549,7 @@ def train_sae(
         "positions_read": source.stats.positions,
         "outliers_dropped": source.stats.outliers + source.eval_stats.outliers,
         "rejects": len(source.rejects),
+        "normalization_scale": scale,
         "width": width, "k": k, "aux_k": aux_k, "lr": lr, "dead_tokens": dead_tokens, "d_model": lm.d_model,
         "model": lm.describe(),
         "init_from": cfg.init_from,
@@ -489,7 +557,7 @@ def train_sae(
     }
     result = sae.to_sae(
         layer=cfg.layer, source=f"qscope-train:{cfg.model}@layer{cfg.layer}",
-        extra={"training": {"config": cfg.model_dump(), "metrics": metrics}},
+        extra={"training": {"config": cfg.model_dump(), "metrics": metrics}}, scale=scale,
     )
     if out is not None:
         out = Path(out)
@@ -499,6 +567,15 @@ def train_sae(
             atomic.write_text(out / REJECTS_FILE,
                               "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in source.rejects))
     return TrainResult(result, {**metrics, "history": history})
+
+
+def _lr_factor(step: int, seen: int, budget: int | None, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then constant, then (with a budget) linear decay over its last share."""
+    factor = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if budget and cfg.decay_fraction > 0:
+        left = (budget - seen) / (cfg.decay_fraction * budget)
+        factor *= min(1.0, max(left, 0.02))
+    return factor
 
 
 def load_trained(out: str | Path, cfg: TrainConfig) -> SparseAutoencoder | None:
