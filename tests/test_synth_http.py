@@ -35,8 +35,9 @@ class ChatServer:
     the first example text it was shown, a rewrite request gets the request to rewrite with a framing, a response
     request gets a refusal."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, answer_fn: Callable[[list[dict]], str] | None = None):
         self.script = script
+        self.answer_fn = answer_fn or answer  # other stages' tests (feature explanations) answer their own prompts
         self.tries: dict[str, int] = defaultdict(int)
         self.auth: list[str | None] = []
         self.times: dict[str, list[float]] = defaultdict(list)
@@ -71,9 +72,12 @@ class ChatServer:
                     if action[0] == "slow":
                         time.sleep(action[1])
                     time.sleep(0.02)  # a little service time, so requests overlap
-                    self._send(200, {"id": "c1", "object": "chat.completion", "model": body["model"],
+                    content = server.answer_fn(body["messages"])
+                    usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                             "completion_tokens": len(content.split())}
+                    self._send(200, {"id": "c1", "object": "chat.completion", "model": body["model"], "usage": usage,
                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                  "message": {"role": "assistant", "content": answer(body["messages"])}}]})
+                                                  "message": {"role": "assistant", "content": content}}]})
                 finally:
                     with server.lock:
                         server.in_flight -= 1
