@@ -349,3 +349,22 @@ def test_dashboard_in_chromium_shows_the_token_table(world, tmp_path):
     index.feed(dom)
     assert sorted(r["id"] for r in index.rows) == sorted(world["features"])
     assert [r["id"] for r in index.rows if not r["hidden"]] == [other], "search by id did not filter the index"
+
+
+def test_local_hf_explainer_runs_and_an_unreadable_answer_is_not_a_label(world, tmp_path, capsys):
+    """A local HF chat model as explainer (a random tiny Qwen3 writes gibberish): the run finishes, every feature
+    records why it has no label, and the label file leaves label and score empty instead of inventing them."""
+    out = tmp_path / "hf"
+    spec = f"hf:{world['model']}?max_new_tokens=6&temperature=0"
+    code, stdout, err = qscope("features", "explain", "--features", world["store"].root, "--ids",
+                               ",".join(map(str, world["features"][:2])), "--out", out, "--explainer", spec, capsys=capsys)
+    assert code == 0, err
+    table = json.loads((out / "features.json").read_text())["features"]
+    assert all(f["label"] is None and f["explain_error"].startswith("unreadable answer") for f in table)
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert all(r["label"] is None and r["score"] is None and r["explainer"].startswith("hf:") for r in labels)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["usage"]["explainer"]["sent"] == 2 and summary["explained"] == 0
+    code, _, err = qscope("features", "explain", "--features", world["store"].root, "--ids", "1", "--out", out,
+                          "--explainer", "offline", capsys=capsys)
+    assert code == 2 and "cannot explain" in err

@@ -239,3 +239,13 @@ def test_synth_over_http_accounts_for_every_slot_and_never_writes_the_key(world,
             assert KEY.encode() not in path.read_bytes(), path
     captured = capfd.readouterr()
     assert KEY not in caplog.text and KEY not in captured.out and KEY not in captured.err
+
+
+def test_rps_spaces_request_starts(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with ChatServer(lambda rid, n: ("ok",)) as server:
+        gen = OpenAIGenerator(server.base_url, OpenAIParams(model="m", concurrency=8, rps=20))
+        results = gen.generate(requests_for(6))
+    starts = sorted(t for ts in server.times.values() for t in ts)
+    assert all(r.ok for r in results) and all(r.usage and r.usage["completion_tokens"] > 0 for r in results)
+    assert starts[-1] - starts[0] >= 5 / 20 * 0.9  # 6 starts at least 1/20 s apart, though 8 may be in flight

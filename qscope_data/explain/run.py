@@ -56,7 +56,10 @@ def resolve_ids(opts: ExplainOptions, d_sae: int) -> list[int]:
     if opts.inventory is not None:
         from qscope_data.coverage.inventory import load_inventory
 
-        ids = load_inventory(opts.inventory).ids()
+        inventory = load_inventory(opts.inventory)
+        if inventory.d_sae is not None and inventory.d_sae != d_sae:
+            raise UsageError(f"inventory {opts.inventory}: its SAE has {inventory.d_sae} features, the store's {d_sae}")
+        ids = inventory.ids()
         where = f"inventory {opts.inventory}"
     else:
         ids = list(opts.ids or [])
