@@ -368,3 +368,32 @@ def test_local_hf_explainer_runs_and_an_unreadable_answer_is_not_a_label(world, 
     code, _, err = qscope("features", "explain", "--features", world["store"].root, "--ids", "1", "--out", out,
                           "--explainer", "offline", capsys=capsys)
     assert code == 2 and "cannot explain" in err
+
+
+def test_logit_lens_through_a_layernorm_with_bias_and_tied_embeddings(tmp_path):
+    """GPT-2 (LayerNorm with weight and bias, unembedding tied to the embedding): the lens ranks tokens by
+    W_U · (γ ⊙ (d − mean d)) — the bias, which shifts every feature alike, is not part of it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from qscope_data.capture import load_model
+    from qscope_data.explain.logit_lens import logit_lens
+    from qscope_data.testing import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.uniform_(0.2, 2.0)
+        model.transformer.ln_f.bias.normal_(0, 3.0)  # large: it would dominate the ranking if it were kept
+    model.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    lm = load_model(str(tmp_path / "gpt2"))
+    W_dec = torch.randn(32, 8, generator=torch.Generator().manual_seed(2))
+    lens = logit_lens(lm, W_dec, [0, 3, 7], k=5)
+    W_U, gamma = model.transformer.wte.weight.detach(), model.transformer.ln_f.weight.detach()
+    for f in (0, 3, 7):
+        d = W_dec[:, f]
+        scores = W_U @ (gamma * (d - d.mean()))
+        assert [t["token_id"] for t in lens[f]["promoted"]] == torch.topk(scores, 5).indices.tolist()
+        assert [t["token_id"] for t in lens[f]["suppressed"]] == torch.topk(-scores, 5).indices.tolist()
+        assert "ln_f" in lens[f]["norm"]

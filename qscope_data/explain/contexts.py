@@ -111,10 +111,11 @@ def feature_activations(store: FeatureStore, layer: int, features: Iterable[int]
     return (
         require_token_table(store, layer)
         .select("doc_id", "position", "feature_ids", "values")
+        .filter(pl.col("feature_ids").list.eval(pl.element().is_in(wanted)).list.any())  # before the explode: cheap
         .explode(["feature_ids", "values"])
         .filter(pl.col("feature_ids").is_in(wanted))
         .select("doc_id", "position", pl.col("feature_ids").alias("feature"), pl.col("values").alias("value"))
-        .collect()
+        .collect(engine="streaming")
     )
 
 
@@ -166,7 +167,7 @@ def firing_rates(store: FeatureStore, layer: int, features: list[int], by: list[
         fired = (
             docs.select(pl.col(fld).cast(pl.String).fill_null("(none)").alias("v"), "feature_ids")
             .explode("feature_ids").filter(pl.col("feature_ids").is_in(features))
-            .group_by("feature_ids", "v").agg(pl.len().alias("k")).collect()
+            .group_by("feature_ids", "v").agg(pl.len().alias("k")).collect(engine="streaming")
         )
         hits = {(int(r["feature_ids"]), r["v"]): int(r["k"]) for r in fired.iter_rows(named=True)}
         for f in features:
@@ -264,13 +265,14 @@ def collect_feature_data(
     rates = firing_rates(store, layer, features, by)
     out: dict[int, FeatureData] = {}
     to_fill: list[tuple[int, Context]] = []
+    values_of = {int(k[0]): p["value"].to_numpy() for k, p in acts.filter(pl.col("value") > 0)
+                 .partition_by("feature", as_dict=True).items()}
     for f in features:
-        values = acts.filter((pl.col("feature") == f) & (pl.col("value") > 0))["value"].to_numpy()
+        values = values_of.get(f, np.zeros(0, dtype=np.float32))
         contexts = pick_activating(by_feature.get(f, []), opts, f)
         fired = firing_docs.get(f, set())
-        quiet = [d for d in all_docs if d not in fired]
         rng = _rng(opts.seed, f, "negatives")
-        for d in rng.sample(quiet, min(opts.n_random_negatives, len(quiet))):
+        for d in sample_quiet(all_docs, fired, opts.n_random_negatives, rng):
             contexts.append(Context("random_negative", d, -1, 0.0))
         hard: list[dict] = []
         for n, _cos in neighbours.get(f, []):
@@ -291,6 +293,25 @@ def collect_feature_data(
     for data in out.values():
         data.contexts = [c for c in data.contexts if c.positions]
     return out
+
+
+def sample_quiet(docs: list[str], fired: set[str], n: int, rng: random.Random) -> list[str]:
+    """`n` distinct documents outside `fired`, uniformly (rejection sampling while most documents qualify, so a
+    large store is not copied once per feature)."""
+    quiet_total = len(docs) - len(fired)
+    n = min(n, quiet_total)
+    if n <= 0:
+        return []
+    if quiet_total < len(docs) // 2:
+        return rng.sample([d for d in docs if d not in fired], n)
+    picked: list[str] = []
+    seen: set[int] = set()
+    while len(picked) < n:
+        i = rng.randrange(len(docs))
+        if i not in seen and docs[i] not in fired:
+            picked.append(docs[i])
+        seen.add(i)
+    return picked
 
 
 def token_decoder(tokenizer):
