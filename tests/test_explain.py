@@ -5,6 +5,7 @@ against an independent computation, explanations and detection scores through a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -167,8 +168,9 @@ def literal_model(messages: list[dict]) -> str:
     return "Answer: [" + ", ".join("1" if i % 2 == 0 else "0" for i in range(n)) + "]"
 
 
-def test_explain_and_score_over_http_retries_cache_and_no_key(world, tmp_path, monkeypatch, capsys):
+def test_explain_and_score_over_http_retries_cache_and_no_key(world, tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.setenv(KEY_ENV, KEY)
+    caplog.set_level(logging.DEBUG)
     out = tmp_path / "explained"
     f0, f1 = world["features"][:2]
     plan = {f"explain-f{f0}": lambda n: ("status", 429, 0) if n == 1 else ("ok",),
@@ -209,7 +211,8 @@ def test_explain_and_score_over_http_retries_cache_and_no_key(world, tmp_path, m
     for path in out.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), f"API key written to {path}"
-    assert KEY not in stdout + err
+    assert KEY not in stdout + err and KEY not in caplog.text
+    assert "retry" in caplog.text  # the retries were logged, without the key
 
     def answers_of(path: Path) -> list[dict]:  # the label rows without who answered (the rerun's URL differs)
         return [{k: v for k, v in json.loads(line).items() if k not in ("explainer", "scorer")}
@@ -224,6 +227,25 @@ def test_explain_and_score_over_http_retries_cache_and_no_key(world, tmp_path, m
     rerun = json.loads((out / "summary.json").read_text())["usage"]["explainer"]
     assert rerun["sent"] == 0 and rerun["cache_hits"] == n_requests
     assert answers_of(out / "labels.jsonl") == before
+
+
+def test_failed_requests_are_asked_again_answered_ones_are_not(world, tmp_path, monkeypatch, capsys):
+    """A run whose scorer requests all fail keeps the explanations it got; the rerun sends only the scorer's."""
+    out = tmp_path / "resume"
+    spec = "openai:{url}?model=explainer-1&backoff=0.01&max_retries=1"
+    failing = lambda rid, n: ("status", 503, None) if rid.startswith("detect-") else ("ok",)  # noqa: E731
+    with ChatServer(failing, literal_model) as server:
+        code, stdout, err = run_dashboard(world, out, "--explainer", spec.format(url=server.base_url), capsys=capsys)
+    assert code == 0, err
+    first = json.loads((out / "summary.json").read_text())
+    assert first["explained"] == len(world["features"]) and first["scored"] == 0
+    assert first["usage"]["explainer"]["failed"] == sum(1 for r in server.tries if r.startswith("detect-"))
+    assert all(r["score"] is None and r["label"] for r in map(json.loads, (out / "labels.jsonl").read_text().splitlines()))
+    with ChatServer(lambda rid, n: ("ok",), literal_model) as server:
+        code, _, err = run_dashboard(world, out, "--explainer", spec.format(url=server.base_url), capsys=capsys)
+    assert code == 0, err
+    assert server.tries and all(r.startswith("detect-") for r in server.tries)
+    assert json.loads((out / "summary.json").read_text())["scored"] == len(world["features"])
 
 
 def test_labels_feed_select_and_gap_report_links_dashboard(world, tmp_path, monkeypatch, capsys):

@@ -64,6 +64,8 @@ def explain(
     for role, u in summary.usage.items():
         print(f"  {role}: {u['sent']} sent, {u['cache_hits']} cached, {u['failed']} failed, "
               f"{u['prompt_tokens']}+{u['completion_tokens']} tokens, ${u['cost_usd']:.4f}")
+        if u["failed"]:
+            print(f"  warning: {u['failed']} {role} request(s) failed (see the feature pages); a rerun asks only those again")
 
 
 def register(app: typer.Typer) -> None:

@@ -315,20 +315,28 @@ def sample_quiet(docs: list[str], fired: set[str], n: int, rng: random.Random) -
 
 
 def token_decoder(tokenizer):
-    """ids -> one display text per token, whose concatenation is the decoded window. A character split over several
-    byte-level tokens is given whole to the token that completes it (the ones before show as empty), so no token
-    shows a replacement character that the text does not have."""
+    """ids -> one display text per token, whose concatenation is the decoded window: each token shows what it adds
+    to the decoded text so far (so WordPiece ``##`` pieces and byte-level spaces come out as in the text). A
+    character split over several byte-level tokens is given whole to the token that completes it (the ones before
+    show as empty), so no token shows a replacement character that the text does not have."""
+
+    def text(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def decode(ids: list[int]) -> list[str]:
         out: list[str] = []
-        start = 0
+        shown = ""
         for i in range(len(ids)):
-            piece = tokenizer.decode(ids[start:i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            if piece.endswith("\ufffd") and i + 1 < len(ids):
+            cur = text(ids[: i + 1])
+            if cur.endswith("\ufffd") and i + 1 < len(ids):
                 out.append("")  # an incomplete character: wait for the token that completes it
                 continue
-            out.append(piece)
-            start = i + 1
+            if cur.startswith(shown):
+                out.append(cur[len(shown):])
+                shown = cur
+            else:  # the decoder rewrote earlier text (rare): show this token on its own
+                out.append(text(ids[i:i + 1]))
+                shown = cur
         return out
 
     return decode

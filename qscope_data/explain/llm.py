@@ -109,6 +109,7 @@ class CachedLLM:
     generator: Generator
     cache: AnswerCache
     usage: Usage = field(default_factory=Usage)
+    chunk: int = 32  # requests per generator call; the cache is written after each
 
     def __post_init__(self) -> None:
         self.identity = generator_identity(self.generator)
@@ -124,21 +125,20 @@ class CachedLLM:
                 self.usage.cache_hits += 1
             else:
                 todo.append(r)
-        if not todo:
-            return out
-        results = self.generator.generate(todo)
-        rows = []
-        for r, res in zip(todo, results):
-            self.usage.sent += 1
-            self.usage.tries += res.tries
-            usage = res.usage or {}
-            self.usage.prompt_tokens += usage.get("prompt_tokens", 0)
-            self.usage.completion_tokens += usage.get("completion_tokens", 0)
-            if res.ok:
-                out[r.id] = Answer(res.text)
-                rows.append({"key": keys[r.id], "kind": r.kind, "text": res.text, "usage": usage})
-            else:
-                self.usage.failed += 1
-                out[r.id] = Answer(None, res.error)
-        self.cache.put(rows)
+        for start in range(0, len(todo), self.chunk):  # cached chunk by chunk: a crash loses one chunk at most
+            part = todo[start:start + self.chunk]
+            rows = []
+            for r, res in zip(part, self.generator.generate(part)):
+                self.usage.sent += 1
+                self.usage.tries += res.tries
+                usage = res.usage or {}
+                self.usage.prompt_tokens += usage.get("prompt_tokens", 0)
+                self.usage.completion_tokens += usage.get("completion_tokens", 0)
+                if res.ok:
+                    out[r.id] = Answer(res.text)
+                    rows.append({"key": keys[r.id], "kind": r.kind, "text": res.text, "usage": usage})
+                else:
+                    self.usage.failed += 1
+                    out[r.id] = Answer(None, res.error)
+            self.cache.put(rows)
         return out
