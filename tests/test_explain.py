@@ -95,6 +95,10 @@ def test_dashboard_contexts_are_the_token_table(world, tmp_path, capsys):
     labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
     assert [r["id"] for r in labels] == world["features"]
     assert all(r["label"] is None and r["description"] is None and r["score"] is None for r in labels)
+    from qscope_data.coverage.inventory import load_labels
+
+    read = load_labels(out / "labels.jsonl")  # the file `features select --labels` reads, empty columns and all
+    assert read["id"].to_list() == world["features"] and read["label"].null_count() == read.height
     assert "no explanation" in (out / f"feature-{world['features'][0]}.html").read_text()
     assert pl.read_parquet(out / "features.parquet")["feature"].to_list() == world["features"]
 
@@ -130,6 +134,9 @@ def test_store_without_token_table_exits_2_naming_the_fix(world, tmp_path, capsy
     assert code == 2 and "99999" in err
     code, _, err = qscope("features", "explain", "--features", world["store"].root, "--out", tmp_path / "o", capsys=capsys)
     assert code == 2 and "--ids or --inventory" in err
+    code, _, err = qscope("features", "explain", "--features", world["store"].root, "--ids", "1", "--window", "1",
+                          "--out", tmp_path / "o", capsys=capsys)
+    assert code == 2 and "window" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------- detection arithmetic

@@ -31,7 +31,7 @@ def explain(
     out: Path = typer.Option(..., "--out", help="Folder: index.html + a page per feature, features.json/.parquet, labels.jsonl."),
     ids: str | None = typer.Option(None, "--ids", help="Comma-separated feature ids."),
     inventory: Path | None = typer.Option(None, "--inventory", help="Explain the features of this inventory YAML."),
-    layer: int | None = typer.Option(None, "--layer", help="SAE layer of the store (default: its first)."),
+    layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the inventory's, else the store's first)."),
     model: str | None = typer.Option(None, "--model", help="Model (tokenizer, unembedding); default: the store's."),
     sae: str | None = typer.Option(None, "--sae", help="SAE (decoder directions); default: the store's."),
     logit_lens: bool = typer.Option(True, "--logit-lens/--no-logit-lens", help="Promoted / suppressed output tokens (causal LMs)."),
@@ -51,10 +51,18 @@ def explain(
     from qscope_data.cli.coverage import _split
     from qscope_data.explain.run import run_explain
 
-    opts = ExplainOptions(features=features, out=out, ids=_ids(ids), inventory=inventory, layer=layer, model=model,
-                          sae=sae, logit_lens=logit_lens, by=_split(by), window=window, n_top=top,
-                          n_quantiles=quantiles, explainer=explainer, scorer=scorer, detection_batch=detection_batch,
-                          price_in=price_in, price_out=price_out, seed=seed, device=device)
+    from pydantic import ValidationError
+
+    from qscope_data.errors import UsageError
+
+    try:
+        opts = ExplainOptions(features=features, out=out, ids=_ids(ids), inventory=inventory, layer=layer, model=model,
+                              sae=sae, logit_lens=logit_lens, by=_split(by), window=window, n_top=top,
+                              n_quantiles=quantiles, explainer=explainer, scorer=scorer, detection_batch=detection_batch,
+                              price_in=price_in, price_out=price_out, seed=seed, device=device)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"features explain: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     summary = run_explain(opts)
     for note in summary.notes:
         print(f"note: {note}")

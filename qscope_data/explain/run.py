@@ -72,6 +72,15 @@ def resolve_ids(opts: ExplainOptions, d_sae: int) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def _inventory_layer(opts: ExplainOptions) -> int | None:
+    """The SAE layer an inventory was selected at (the default layer when explaining it)."""
+    if opts.inventory is None:
+        return None
+    from qscope_data.coverage.inventory import load_inventory
+
+    return load_inventory(opts.inventory).provenance.layer
+
+
 def _recorded(store: FeatureStore) -> tuple[str | None, str | None, int | None]:
     job = store.job() or {}
     model = (job.get("model") or {}).get("id") or store.manifest.model.get("id")
@@ -116,6 +125,7 @@ def explain_features(results: list[FeatureResult], llm: CachedLLM) -> None:
     for r in results:
         a = answers.get(f"explain-f{r.data.feature}")
         if a is None:
+            r.explain_error = "the feature fires nowhere in this store: nothing to explain"
             continue
         if a.text is None:
             r.explain_error = a.error or "no answer"
@@ -167,7 +177,7 @@ def run_explain(opts: ExplainOptions) -> ExplainSummary:
     """Dashboards (+ explanations and detection scores with an explainer) for the chosen features of a store."""
     start = time.perf_counter()
     store = FeatureStore(opts.features)
-    layer = store.resolve_layer(opts.layer)
+    layer = store.resolve_layer(opts.layer if opts.layer is not None else _inventory_layer(opts))
     require_token_table(store, layer)
     info = store.manifest.sae(layer)
     ids = resolve_ids(opts, info.d_sae)
