@@ -2,8 +2,8 @@
 
 The cache (`llm_cache.jsonl` in the output folder) holds one JSON line per answered request: the request's key
 (sha256 of the model identity — kind, model name, sampling parameters; not the URL, the key or concurrency — and the
-messages), its kind and the answer text with the server's token counts. It is appended and flushed line by line, so
-a run killed half way keeps what it was told; a rerun sends only requests whose key is not there. A line left
+messages), its kind and the answer text with the server's token counts. It is appended and flushed after every
+chunk of requests (`CachedLLM.chunk`), so a run killed half way keeps what it was told; a rerun sends only requests whose key is not there. A line left
 unfinished by a crash is ignored. Failed requests are not cached: a rerun asks them again. Nothing of the API key is
 in a key or a line (the generator holds it; `describe()` says only whether it is set).
 """

@@ -176,6 +176,13 @@ def score_features(results: list[FeatureResult], llm: CachedLLM, batch_size: int
 def run_explain(opts: ExplainOptions) -> ExplainSummary:
     """Dashboards (+ explanations and detection scores with an explainer) for the chosen features of a store."""
     start = time.perf_counter()
+    if opts.scorer and not opts.explainer:
+        raise UsageError("--scorer needs --explainer (there is nothing to score without an explanation)")
+    from qscope_data.synth.generators import parse_generator_spec
+
+    for spec in (opts.explainer, opts.scorer):  # a bad spec fails before any model is loaded
+        if spec:
+            parse_generator_spec(spec)
     store = FeatureStore(opts.features)
     layer = store.resolve_layer(opts.layer if opts.layer is not None else _inventory_layer(opts))
     require_token_table(store, layer)
@@ -231,8 +238,6 @@ def run_explain(opts: ExplainOptions) -> ExplainSummary:
         usage = {"explainer": explainer.usage.to_json()}
         if scorer is not explainer:
             usage["scorer"] = scorer.usage.to_json()
-    elif opts.scorer:
-        raise UsageError("--scorer needs --explainer (there is nothing to score without an explanation)")
 
     meta = {"store": str(store.root.resolve()), "store_manifest": store.manifest_hash(), "layer": layer,
             "sae": info.source or sae_spec or "", "model": model, "explainer": explainer_name, "scorer": scorer_name,
