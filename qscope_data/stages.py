@@ -230,9 +230,9 @@ def select_inventory(config: PipelineConfig, store: str) -> StageResult:
     return StageResult("select", {"inventory": str(out)}, {"features": len(inventory.features), "by_category": counts}, md)
 
 
-def find_gaps(config: PipelineConfig, inventory: str, target_store: str) -> StageResult:
+def find_gaps(config: PipelineConfig, inventory: str, target_store: str, dashboard: str | None = None) -> StageResult:
     """Coverage of the inventory by the target corpus, and its gaps: gaps.json + report.md/html with plots.
-    The summary's markdown is the gap report itself."""
+    The summary's markdown is the gap report itself. `dashboard`: a `features explain` folder the gaps link to."""
     from qscope_data.coverage.gaps import compute_gaps
     from qscope_data.coverage.inventory import load_inventory
     from qscope_data.coverage.report import gap_report_markdown, write_gap_report
@@ -243,7 +243,7 @@ def find_gaps(config: PipelineConfig, inventory: str, target_store: str) -> Stag
         raise UsageError("gaps is not configured")
     report = compute_gaps(load_inventory(inventory), FeatureStore(target_store), by=g.by, min_docs=g.min_docs,
                           n_examples=g.examples)
-    paths = write_gap_report(report, layout(config).gaps)
+    paths = write_gap_report(report, layout(config).gaps, dashboard=dashboard)
     overall = report.coverage["overall"]
     return StageResult("gaps", {name: str(p) for name, p in paths.items()} | {"dir": str(layout(config).gaps)},
                        {"coverage": overall, "gaps": len(report.gaps), "warnings": report.warnings},

@@ -184,6 +184,14 @@ class FeatureStore:
     def passthrough_columns(self, layer: int | None = None) -> list[str]:
         return [c for c in self.columns(layer) if c not in FEATURE_COLUMNS]
 
+    def job(self) -> dict[str, Any] | None:
+        """What `encode` recorded about the job (model id, SAE spec, layers, options), or None for a store written
+        in one go (`write_store`): later stages use it to find the model and SAE that produced the store."""
+        try:
+            return json.loads((self.root / PROGRESS_DIR / JOB).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
     def manifest_hash(self) -> str:
         return atomic.sha256_file(self.root / MANIFEST)
 

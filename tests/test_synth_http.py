@@ -35,8 +35,9 @@ class ChatServer:
     the first example text it was shown, a rewrite request gets the request to rewrite with a framing, a response
     request gets a refusal."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, answer_fn: Callable[[list[dict]], str] | None = None):
         self.script = script
+        self.answer_fn = answer_fn or answer  # other stages' tests (feature explanations) answer their own prompts
         self.tries: dict[str, int] = defaultdict(int)
         self.auth: list[str | None] = []
         self.times: dict[str, list[float]] = defaultdict(list)
@@ -71,9 +72,12 @@ class ChatServer:
                     if action[0] == "slow":
                         time.sleep(action[1])
                     time.sleep(0.02)  # a little service time, so requests overlap
-                    self._send(200, {"id": "c1", "object": "chat.completion", "model": body["model"],
+                    content = server.answer_fn(body["messages"])
+                    usage = {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                             "completion_tokens": len(content.split())}
+                    self._send(200, {"id": "c1", "object": "chat.completion", "model": body["model"], "usage": usage,
                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                  "message": {"role": "assistant", "content": answer(body["messages"])}}]})
+                                                  "message": {"role": "assistant", "content": content}}]})
                 finally:
                     with server.lock:
                         server.in_flight -= 1
@@ -235,3 +239,13 @@ def test_synth_over_http_accounts_for_every_slot_and_never_writes_the_key(world,
             assert KEY.encode() not in path.read_bytes(), path
     captured = capfd.readouterr()
     assert KEY not in caplog.text and KEY not in captured.out and KEY not in captured.err
+
+
+def test_rps_spaces_request_starts(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with ChatServer(lambda rid, n: ("ok",)) as server:
+        gen = OpenAIGenerator(server.base_url, OpenAIParams(model="m", concurrency=8, rps=20))
+        results = gen.generate(requests_for(6))
+    starts = sorted(t for ts in server.times.values() for t in ts)
+    assert all(r.ok for r in results) and all(r.usage and r.usage["completion_tokens"] > 0 for r in results)
+    assert starts[-1] - starts[0] >= 5 / 20 * 0.9  # 6 starts at least 1/20 s apart, though 8 may be in flight

@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Each module exposes `register(app)`; the order is the order of `qscope --help`.
-COMMAND_MODULES = ["demo", "run", "encode", "sae", "rules", "coverage", "synth", "curate", "sasft"]
+COMMAND_MODULES = ["demo", "run", "encode", "sae", "rules", "coverage", "explain", "synth", "curate", "sasft"]
 
 _state = {"debug": False}
 

@@ -66,6 +66,7 @@ def gaps(
     min_docs: int = typer.Option(1, "--min-docs", help="A feature is covered when it fires on at least this many target documents."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the inventory's)."),
     examples: int = typer.Option(3, "--examples", help="Reference texts per gap."),
+    dashboard: Path | None = typer.Option(None, "--dashboard", help="`features explain` output folder: link each gap to its page."),
     out: Path = typer.Option(..., "--out", help="Report folder: gaps.json, report.md, report.html."),
 ) -> None:
     """Which inventory features the target never fires, per category and language: gaps.json + report.md/html."""
@@ -82,7 +83,7 @@ def gaps(
     console = Console(stderr=True)
     with console.status(f"coverage of {len(inv.features)} features over {len(stores)} target store(s)…"):
         report = compute_gaps(inv, stores, reference=ref, by=_split(by), min_docs=min_docs, layer=layer, n_examples=examples)
-        paths = write_gap_report(report, out)
+        paths = write_gap_report(report, out, dashboard=dashboard)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     overall = report.coverage["overall"]

@@ -68,9 +68,30 @@ def heatmap_field(report: dict[str, Any]) -> str | None:
 # -------------------------------------------------------------------------------------------------------- markdown
 
 
-def gap_report_markdown(gaps: GapReport | dict[str, Any], *, max_gaps: int = 25, max_example_chars: int = 200) -> str:
-    """The gap report as markdown: overall coverage, per category, per breakdown field, and the top gaps."""
+def dashboard_links(dashboard: str | Path | None, report_dir: str | Path) -> dict[int, str]:
+    """feature -> relative link from the report folder to its page in a `qscope features explain` dashboard."""
+    if dashboard is None:
+        return {}
+    import os
+
+    from qscope_data.errors import UsageError
+    from qscope_data.explain.dashboard import INDEX, dashboard_pages
+
+    if not (Path(dashboard) / INDEX).exists():
+        raise UsageError(f"--dashboard {dashboard}: no {INDEX} there (write one with `qscope features explain --out`)")
+    return {f: Path(os.path.relpath(page, Path(report_dir).resolve())).as_posix()
+            for f, page in dashboard_pages(Path(dashboard).resolve()).items()}
+
+
+NO_LABEL = "(no label)"
+
+
+def gap_report_markdown(gaps: GapReport | dict[str, Any], *, max_gaps: int = 25, max_example_chars: int = 200,
+                        links: dict[int, str] | None = None) -> str:
+    """The gap report as markdown: overall coverage, per category, per breakdown field, and the top gaps.
+    `links`: feature -> dashboard page (from `dashboard_links`), shown on each gap's feature id."""
     r = _as_dict(gaps)
+    links = links or {}
     cov = r["coverage"]
     overall = cov["overall"]
     lines = [
@@ -109,8 +130,9 @@ def gap_report_markdown(gaps: GapReport | dict[str, Any], *, max_gaps: int = 25,
                   "|---:|---|---:|---:|---|---:|---|---|"]
         for g in r["gaps"][:max_gaps]:
             example = _cell(g["examples"][0], max_example_chars) if g.get("examples") else ""
-            label = _cell(g.get("label") or g.get("description") or "", 60)
-            lines.append(f"| {g['feature']} | {_cell(g['category'])} | {_fmt(g.get('delta'))} | {_fmt(g.get('purity'))} "
+            label = _cell(g.get("label") or g.get("description") or NO_LABEL, 60)
+            feat = f"[{g['feature']}]({links[g['feature']]})" if g["feature"] in links else str(g["feature"])
+            lines.append(f"| {feat} | {_cell(g['category'])} | {_fmt(g.get('delta'))} | {_fmt(g.get('purity'))} "
                          f"| {_langs(g)} | {g['target_docs']} | {label} | {example} |")
     return "\n".join(lines) + "\n"
 
@@ -165,8 +187,10 @@ def _img(png: bytes, alt: str) -> str:
 # ------------------------------------------------------------------------------------------------------------- html
 
 
-def gap_report_html(report: GapReport | dict[str, Any], figures: dict[str, bytes] | None = None, *, max_gaps: int = 50) -> str:
+def gap_report_html(report: GapReport | dict[str, Any], figures: dict[str, bytes] | None = None, *, max_gaps: int = 50,
+                    links: dict[int, str] | None = None) -> str:
     r = _as_dict(report)
+    links = links or {}
     figures = figures or gap_figures(r)
     esc = html.escape
     cov = r["coverage"]
@@ -209,9 +233,10 @@ def gap_report_html(report: GapReport | dict[str, Any], figures: dict[str, bytes
                      "<th>target docs</th><th>label / description</th>"
                      "<th>reference examples (top by activation)</th></tr>")
         for g in r["gaps"][:max_gaps]:
-            label = " — ".join(esc(x) for x in (g.get("label"), g.get("description")) if x)
+            label = " — ".join(esc(x) for x in (g.get("label"), g.get("description")) if x) or f'<span class="muted">{NO_LABEL}</span>'
+            feat = (f'<a href="{esc(links[g["feature"]])}">{g["feature"]}</a>' if g["feature"] in links else str(g["feature"]))
             examples = "".join(f'<div class="ex">{esc(_cell(t, 400))}</div>' for t in g.get("examples", [])) or '<span class="muted">–</span>'
-            parts.append(f'<tr><td class="num">{g["feature"]}</td><td>{esc(g["category"])}</td><td class="num">{_fmt(g.get("delta"))}</td>'
+            parts.append(f'<tr><td class="num">{feat}</td><td>{esc(g["category"])}</td><td class="num">{_fmt(g.get("delta"))}</td>'
                          f'<td class="num">{_fmt(g.get("purity"))}</td><td>{esc(_langs(g))}</td>'
                          f'<td class="num">{g["target_docs"]}</td><td>{label}</td><td>{examples}</td></tr>')
         parts.append("</table>")
@@ -225,16 +250,18 @@ def gap_report_html(report: GapReport | dict[str, Any], figures: dict[str, bytes
     return "\n".join(parts) + "\n"
 
 
-def write_gap_report(report: GapReport, out: str | Path) -> dict[str, Path]:
-    """gaps.json, report.md, report.html (self-contained) and the two PNGs, each written atomically."""
+def write_gap_report(report: GapReport, out: str | Path, *, dashboard: str | Path | None = None) -> dict[str, Path]:
+    """gaps.json, report.md, report.html (self-contained) and the two PNGs, each written atomically. With
+    `dashboard` (a `qscope features explain` output folder), each gap's feature id links to its dashboard page."""
     out = Path(out)
     data = report.to_json()
+    links = dashboard_links(dashboard, out)
     figures = gap_figures(data)
     paths = {name: out / name for name in (GAPS_JSON, REPORT_MD, REPORT_HTML, *figures)}
     for name, png in figures.items():
         atomic.write_bytes(paths[name], png)
-    atomic.write_text(paths[REPORT_MD], gap_report_markdown(data) + f"\n![coverage heatmap]({HEATMAP_PNG})\n\n![per category]({BARS_PNG})\n")
-    atomic.write_text(paths[REPORT_HTML], gap_report_html(data, figures))
+    atomic.write_text(paths[REPORT_MD], gap_report_markdown(data, links=links) + f"\n![coverage heatmap]({HEATMAP_PNG})\n\n![per category]({BARS_PNG})\n")
+    atomic.write_text(paths[REPORT_HTML], gap_report_html(data, figures, links=links))
     atomic.write_json(paths[GAPS_JSON], data)
     return paths
 

@@ -7,7 +7,7 @@ never raising for one failed request, so the synthesis loop can record it, retry
 
     offline
     hf:<model folder or hub id>[?steer_alpha=4&positions=generated&max_new_tokens=128&temperature=0.7]
-    openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4&timeout=60&max_retries=4&temperature=0.8]
+    openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4&rps=2&timeout=60&max_retries=4&temperature=0.8]
 
 The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY), sent only as a
 Bearer header, and scrubbed from every error message; it is never logged or written.
@@ -46,10 +46,20 @@ class GenerationResult:
     text: str | None = None
     error: str | None = None  # why there is no text (after retries, for the HTTP generator)
     tries: int = 1
+    usage: dict[str, int] | None = None  # prompt_tokens / completion_tokens, when the server reports them
 
     @property
     def ok(self) -> bool:
         return self.text is not None
+
+
+class ChatRequest(Protocol):
+    """What the chat generators (HTTP, local HF without steering) read of a request: its id and messages. Synthesis'
+    `GenerationRequest` is one; other stages (feature explanations) send their own."""
+
+    id: str
+    kind: str
+    messages: list[dict]
 
 
 @runtime_checkable
@@ -244,6 +254,7 @@ class OpenAIParams(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
     seed: int | None = None
+    rps: float | None = Field(None, gt=0, description="client-side rate limit: at most this many request starts per second")
 
 
 RETRY_STATUS = {408, 409, 425, 429}
@@ -283,7 +294,7 @@ class OpenAIGenerator:
         return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
 
     # -- public -------------------------------------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
+    def generate(self, requests: Sequence[ChatRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -304,7 +315,7 @@ class OpenAIGenerator:
         return box["out"]
 
     # -- internals ----------------------------------------------------------------------------------------------
-    async def _generate_all(self, requests: list[GenerationRequest], on_done: OnDone | None) -> list[GenerationResult]:
+    async def _generate_all(self, requests: list[ChatRequest], on_done: OnDone | None) -> list[GenerationResult]:
         import httpx
 
         p = self.params
@@ -313,10 +324,11 @@ class OpenAIGenerator:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         sem = asyncio.Semaphore(p.concurrency)
+        pace = _Pace(p.rps)
 
-        async def one(client: httpx.AsyncClient, req: GenerationRequest) -> GenerationResult:
+        async def one(client: httpx.AsyncClient, req: ChatRequest) -> GenerationResult:
             async with sem:
-                result = await self._call(client, req)
+                result = await self._call(client, req, pace)
             if on_done is not None:
                 on_done(1)
             return result
@@ -324,7 +336,7 @@ class OpenAIGenerator:
         async with httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(p.timeout)) as client:
             return list(await asyncio.gather(*(one(client, r) for r in requests)))
 
-    def _body(self, req: GenerationRequest) -> dict[str, Any]:
+    def _body(self, req: ChatRequest) -> dict[str, Any]:
         p = self.params
         body: dict[str, Any] = {"model": p.model, "messages": req.messages, "temperature": p.temperature,
                                 "max_tokens": p.max_tokens, "n": 1}
@@ -334,7 +346,7 @@ class OpenAIGenerator:
             body["seed"] = (p.seed + _stable_int(req.id)) % (1 << 31)
         return body
 
-    async def _call(self, client, req: GenerationRequest) -> GenerationResult:
+    async def _call(self, client, req: ChatRequest, pace: "_Pace") -> GenerationResult:
         import httpx
 
         p = self.params
@@ -342,6 +354,7 @@ class OpenAIGenerator:
         error = "not tried"
         for attempt in range(p.max_retries + 1):
             retry_after: float | None = None
+            await pace.wait()
             try:
                 resp = await client.post(self.url, json=body, headers={"X-Client-Request-Id": req.id})
             except httpx.TimeoutException:
@@ -352,7 +365,7 @@ class OpenAIGenerator:
                 if resp.status_code == 200:
                     text, problem = _completion_text(resp)
                     if text is not None:
-                        return GenerationResult(req.id, text, tries=attempt + 1)
+                        return GenerationResult(req.id, text, tries=attempt + 1, usage=_usage(resp))
                     error, retryable = problem or "no text", False
                 else:
                     snippet = " ".join(resp.text.split())[:200]
@@ -382,6 +395,34 @@ def _completion_text(resp) -> tuple[str | None, str | None]:
     if not isinstance(content, str) or not content.strip():
         return None, "empty completion"
     return content.strip(), None
+
+
+def _usage(resp) -> dict[str, int] | None:
+    """The response's token counts (`usage.prompt_tokens` / `completion_tokens`), when it reports them."""
+    try:
+        usage = resp.json().get("usage") or {}
+        return {k: int(usage[k]) for k in ("prompt_tokens", "completion_tokens") if k in usage} or None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+class _Pace:
+    """Spaces request starts at least 1/rps seconds apart across all concurrent requests (no limit when rps is None)."""
+
+    def __init__(self, rps: float | None):
+        self.interval = 1.0 / rps if rps else 0.0
+        self.next = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next)
+            self.next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -470,6 +511,6 @@ def _same_model(a: str, b: str) -> bool:
 
 
 __all__ = [
-    "Generator", "GenerationResult", "OfflineGenerator", "HFChatGenerator", "HFParams", "OpenAIGenerator",
+    "ChatRequest", "Generator", "GenerationResult", "OfflineGenerator", "HFChatGenerator", "HFParams", "OpenAIGenerator",
     "OpenAIParams", "GeneratorSpec", "parse_generator_spec", "build_generator", "SteerPositions",
 ]
