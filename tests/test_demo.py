@@ -1,4 +1,4 @@
-"""`qscope demo`, the README's main command: the whole pipeline on the real MiniLM backbone, offline."""
+"""`qscope demo`, the README's main command: the whole pipeline on the real Gemma-3-270M and the shipped SAE, offline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import datasets
+import pytest
 import yaml
 
 from qscope_data.demo.run import PIPELINE_TEMPLATE
@@ -36,18 +39,39 @@ def test_plain_chat_template_for_tokenizers_without_one(minilm_dir):
     assert prompt.sum() > 0 and not (prompt & response).any()
 
 
-def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, minilm_dir):
-    """The README's main command, as a user runs it (a subprocess), with a small SAE training budget."""
+def test_shipped_demo_sae_is_verified_before_use(tmp_path):
+    from qscope_data.demo.demo_sae import SHIPPED, load_demo_sae
+    from qscope_data.errors import UsageError
+
+    sae = load_demo_sae()
+    assert (sae.d_model, sae.layer) == (640, 9) and sae.d_sae >= 8 * 640
+    assert (SHIPPED / "sae.safetensors").stat().st_size <= 25 << 20
+    recipe = json.loads((SHIPPED / "recipe.json").read_text())
+    assert recipe["backbone"]["model"] == "google/gemma-3-270m" and recipe["data_fingerprint"]
+    assert "do_not_answer" not in recipe["sources"]
+    metrics = json.loads((SHIPPED / "metrics.json").read_text())
+    assert {r["name"] for r in metrics["held_out"]} >= {"sae", "zero-ablation", "mean-ablation", "random SAE"}
+    tampered = tmp_path / "sae"
+    shutil.copytree(SHIPPED, tampered)
+    data = bytearray((tampered / "sae.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tampered / "sae.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="sha256"):
+        load_demo_sae(tampered)
+
+
+def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir):
+    """The README's main command, as a user runs it (a subprocess), then again (everything reused)."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "qscope_data", "demo", "--out", str(out), "--no-shared-data", "--sae-tokens", "20000"]
+    cmd = [sys.executable, "-m", "qscope_data", "demo", "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("PREFECT_API_URL", None)
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "toxicity F1" in run.stdout and "gaps" in run.stdout
+    assert "balanced accuracy" in run.stdout and "gaps" in run.stdout and "loss recovered" in run.stdout
     assert (out / ".prefect-home").is_dir()  # flow state kept with the demo, not in ~/.prefect
     report = (out / "report" / "report.html").read_text()
-    assert "data:image/png;base64," in report and "Toxicity" in report
+    assert "data:image/png;base64," in report and "Toxicity" in report and "Gemma Terms of Use" in report
     shards = sorted((out / "shards" / "data").glob("*.parquet"))
     assert shards
     rows = datasets.load_dataset("parquet", data_files=[str(p) for p in shards], split="train")
@@ -57,7 +81,15 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, minilm_dir
     assert manifest["kind"] == "qscope-curated-sft"
     synth = json.loads((out / "synth" / "summary.json").read_text())
     assert "coverage" in synth
-    # A second run reuses the cached SAE.
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    gaps = json.loads((out / "gaps" / "gaps.json").read_text())
+    assert gaps["min_docs"] == 1
+    inventory = yaml.safe_load((out / "inventory.yaml").read_text()) if (out / "inventory.yaml").exists() else None
+    if inventory is not None:
+        assert all(f["purity"] >= 0.6 for f in inventory["features"])
+    assert (out / "report" / "features" / "index.html").exists()
+    gap_html = (out / "gaps" / "report.html").read_text()
+    if gaps["gaps"]:
+        assert "features/feature-" in gap_html  # each gap links to its dashboard page
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "reused" in again.stdout
+    assert "converting" not in again.stderr

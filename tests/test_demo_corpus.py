@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from qscope_data.demo.backbone import demo_model_path, demo_sae_config, write_shared_training_text
 from qscope_data.demo.corpus import (
     CATEGORIES,
     HARM_CATEGORIES,
@@ -64,10 +63,10 @@ def test_split_is_stratified_and_each_side_has_both_labels():
         assert {r["label"] for r in en} == {"toxic", "clean"}
 
 
-def test_texts_fit_the_demo_backbone_in_64_tokens():
+def test_texts_fit_the_demo_reader_in_64_tokens(gemma_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(demo_model_path())
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
     lengths = [len(ids) for ids in tok([r["text"] for r in load_texts()])["input_ids"]]
     assert max(lengths) <= 64
 
@@ -106,21 +105,28 @@ def test_describe_counts_match():
     json.dumps(info)
 
 
-def test_demo_sae_config_trains_on_the_packaged_corpus():
-    cfg = demo_sae_config()
-    assert cfg.inputs == [str(TEXTS), str(SFT)]
-    assert Path(cfg.model) == demo_model_path() and (demo_model_path() / "model.safetensors").exists()
-    assert demo_sae_config(["x.jsonl"], width=4096).width == 4096
-
-
 SHARED = Path(__file__).parents[1].parent / "shared" / "data"
 
 
-def test_shared_training_text_is_optional(tmp_path):
-    assert write_shared_training_text(tmp_path / "absent", tmp_path / "x.jsonl") is None
-    if not (SHARED / "paradetox").exists():
+def test_demo_covers_six_languages_two_of_them_non_latin():
+    langs = Counter(r["lang"] for r in load_texts())
+    assert set(langs) == {"en", "de", "fr", "es", "zh", "ru"}
+    for lang in ("zh", "ru"):
+        assert {r["label"] for r in load_texts(lang=lang)} == {"toxic", "clean"}
+        assert {r["category"] for r in load_texts(lang=lang)} >= set(HARM_CATEGORIES)
+
+
+def test_sae_training_text_is_licensed_and_leaves_evaluation_rows_out():
+    """Every source of the shipped SAE's text has a licence recorded; do_not_answer (non-commercial) is not one."""
+    from qscope_data.demo import sae_data
+
+    if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present beside the repository")
-    out = write_shared_training_text(SHARED, tmp_path / "extra.jsonl")
-    records = list(iter_records(out))
-    assert len(records) > 1000 and all(isinstance(r, Record) for r in records)
-    assert {r.fields["source"] for r in records} >= {"paradetox", "mgsm_en", "mgsm_zh"}
+    sources = Counter(source for source, _ in sae_data.iter_sources(SHARED))
+    assert set(sources) <= set(sae_data.LICENCES) and "do_not_answer" not in sources
+    assert sources["ud_text"] > 40_000 and sources["cmrc2018"] > 1000
+    texts = sae_data.training_texts(SHARED)
+    assert len({t for _, t in texts}) == len(texts)  # deduplicated
+    assert all(len(t) <= 4 * sae_data.CHUNK_CHARS for s, t in texts if s in ("cmrc2018", "jsquad", "arcd"))
+    seen = sae_data.training_text_hashes(SHARED)
+    assert sae_data.text_hash(texts[0][1]) in seen

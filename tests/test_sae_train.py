@@ -182,14 +182,13 @@ def test_cli_train_rejects_bad_arguments_with_exit_2(tiny, corpus, tmp_path, cap
     assert exc.value.code == 2 and "missing.jsonl" in capsys.readouterr().err
 
 
-def test_cli_trains_on_the_encoder_only_demo_backbone_offline(tmp_path):
-    from qscope_data.demo.backbone import demo_model_path
+def test_cli_trains_on_the_encoder_only_minilm_offline(tmp_path, minilm_dir):
     from qscope_data.demo.corpus import TEXTS
 
     out = tmp_path / "minilm-sae"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "qscope_data", "sae", "train", "--model", str(demo_model_path()), "--layer", "3",
+        [sys.executable, "-m", "qscope_data", "sae", "train", "--model", str(minilm_dir), "--layer", "3",
          "--input", str(TEXTS), "--width", "512", "--k", "16", "--tokens-budget", "2048", "--batch-size", "512",
          "--lr", "2e-3", "--max-tokens", "32", "--out", str(out), "--quiet"],
         capture_output=True, text=True, env=env, timeout=300,

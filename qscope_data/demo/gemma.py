@@ -85,6 +85,16 @@ def check_converted(folder: Path, *, verify: bool = False) -> str | None:
     return None if marker.get("files") else f"{folder}: the conversion record lists no files"
 
 
+def write_record(folder: Path, **extra: object) -> dict:
+    """The conversion record: every file's size and sha256, the GGUF's hash and the recipe (written last)."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MARKER}
+    marker = {"model": MODEL_NAME, "gguf_sha256": gguf_sha256(), "recipe": RECIPE, "dtype": "bfloat16",
+              "licence": f"Gemma Terms of Use ({TERMS_URL})", "files": files, **extra}
+    (folder / MARKER).write_text(json.dumps(marker, indent=2))
+    return marker
+
+
 def convert(target: Path, *, log=print) -> Path:
     """Assemble the GGUF, dequantise it with transformers and save a bf16 folder at `target` (atomic rename)."""
     import torch
@@ -117,11 +127,7 @@ def convert(target: Path, *, log=print) -> Path:
         for name in ("GEMMA_TERMS.html", "NOTICE.md"):
             if (data / name).exists():
                 shutil.copy2(data / name, out / name)
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir()) if p.is_file()}
-        marker = {"model": MODEL_NAME, "gguf": pkg.MODEL_NAME, "gguf_sha256": gguf_sha256(), "recipe": RECIPE,
-                  "dtype": "bfloat16", "licence": f"Gemma Terms of Use ({TERMS_URL})", "files": files,
-                  "seconds": round(time.monotonic() - t0, 1)}
-        (out / MARKER).write_text(json.dumps(marker, indent=2))
+        write_record(out, gguf=pkg.MODEL_NAME, seconds=round(time.monotonic() - t0, 1))
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)

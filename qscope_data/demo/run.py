@@ -32,7 +32,14 @@ class DemoSummary:
     curate: dict[str, Any] = field(default_factory=dict)
     inventory: dict[str, Any] = field(default_factory=dict)
     density: dict[str, Any] = field(default_factory=dict)
+    explained: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+
+
+def demo_sae_path() -> Path:
+    from qscope_data.demo.demo_sae import SHIPPED
+
+    return SHIPPED
 
 
 def demo_sae_summary() -> dict[str, Any]:
@@ -78,7 +85,18 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
     tox = evaluate_rules([where.mined_rules], where.store("texts"), tox_dir / "toxicity.json", by="lang", split="heldout",
                          curve=False, progress=progress)
     summary.toxicity = _toxicity_summary(tox)
-    summary.gaps = json.loads((where.gaps / "gaps.json").read_text())
+    # Dashboards for the inventory's features (token-level reference store), and the gap report linked to them.
+    from qscope_data.coverage.gaps import load_gaps
+    from qscope_data.coverage.report import write_gap_report
+    from qscope_data.explain.options import ExplainOptions
+    from qscope_data.explain.run import run_explain
+
+    dashboards = out / "report" / "features"
+    explained = run_explain(ExplainOptions(features=where.store("texts"), inventory=where.inventory, out=dashboards))
+    gap_report = load_gaps(where.gaps / "gaps.json")
+    write_gap_report(gap_report, where.gaps, dashboard=dashboards)
+    summary.gaps = gap_report.to_json()
+    summary.explained = {"features": explained.features, "notes": list(explained.notes)}
     inventory = load_inventory(where.inventory)
     purities = sorted(f.purity for f in inventory.features if f.purity is not None)
     summary.inventory = {"features": len(inventory.features), "candidates": inventory.provenance.candidates,
@@ -97,7 +115,8 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
         "rules": str(where.mined_rules),
         "scores": str(where.scores("sft")),
         "synthetic": str(where.synth / "accepted.jsonl"),
-        "sae": str(out / "sae"),
+        "sae": str(demo_sae_path()),
+        "feature_dashboards": str(dashboards / "index.html"),
     }
     summary.seconds = time.monotonic() - start
     _write_overview(summary, where, tox_dir, tox)
@@ -212,6 +231,6 @@ def print_summary(s: DemoSummary, console) -> None:
     table.add_row("synthesis", f"{totals.get('accepted', 0)} verified samples; coverage {cov.get('covered')} → {after.get('covered')} "
                                f"of {cov.get('total')}")
     table.add_row("curated", ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, (int, float))))
-    for name in ("report", "gap_report", "shards"):
+    for name in ("report", "gap_report", "feature_dashboards", "shards"):
         table.add_row(name, s.paths[name])
     console.print(table)

@@ -70,8 +70,9 @@ class TrainConfig(BaseModel):
     eval_tokens: int = Field(8192, gt=0)
     warmup_steps: int = Field(50, ge=0)
     decay_fraction: float = Field(0.2, ge=0, le=1, description="linear lr decay to 0 over this last share of the budget")
-    normalize: Literal["none", "mean-norm"] = Field(
-        "mean-norm", description="mean-norm: train on x · √d_model / E‖x‖ (one dataset-wise scale, folded back at save)")
+    normalize: Literal["none", "mean-norm", "per-dim"] = Field(
+        "mean-norm", description="mean-norm: train on x · √d_model / E‖x‖ (one dataset-wise scale); per-dim: on "
+        "(x − μ) / σ per dimension; either is folded back into the weights at save")
     activations: str | None = Field(None, description="activation cache folder: collected once, reused by later runs")
     log_every: int = Field(25, gt=0)
     seed: int = 0
@@ -267,20 +268,52 @@ class TopKTrainer(torch.nn.Module):
             self.W_dec.grad -= parallel * self.W_dec
 
     @torch.no_grad()
-    def to_sae(self, *, layer: int, source: str, extra: dict, scale: float = 1.0) -> SparseAutoencoder:
-        """Qwen-Scope form on raw activations: pre = (s·W_enc) x + (b_enc − W_enc b_dec), x̂ = (W_dec/s) z + b_dec/s.
+    def to_sae(self, *, layer: int, source: str, extra: dict, norm: "Normalization | None" = None) -> SparseAutoencoder:
+        """Qwen-Scope form on raw activations, with the training normalisation x_n = s ⊙ (x − μ) folded in:
 
-        The trainer saw s·x (the dataset-wise normalisation); folding s into the weights keeps the file's formula
-        the plain one every stage uses, with identical pre-activations and feature values.
+            pre = (W_enc diag(s)) x + (b_enc − W_enc (b_dec + s ⊙ μ)),   x̂ = (diag(1/s) W_dec) z + (b_dec / s + μ)
+
+        so the file keeps the plain formula every stage uses, with identical pre-activations and feature values.
         """
+        norm = norm or Normalization.identity(self.W_enc.shape[1])
         W_enc = self.W_enc.detach().float().cpu()
         b_dec = self.b_dec.detach().float().cpu()
-        b_enc = self.b_enc.detach().float().cpu() - W_enc @ b_dec
+        s, mu = norm.scale.float().cpu(), norm.shift.float().cpu()
+        b_enc = self.b_enc.detach().float().cpu() - W_enc @ (b_dec + s * mu)
+        W_dec = self.W_dec.detach().float().cpu().T / s[:, None]
         return SparseAutoencoder(
-            W_enc=(W_enc * scale).contiguous(), b_enc=b_enc.contiguous(),
-            W_dec=(self.W_dec.detach().float().cpu().T / scale).contiguous(), b_dec=(b_dec / scale).contiguous(),
-            k=self.k, layer=layer, hook="resid_post", source=source, format="qscope", input_bias=False, extra=extra,
+            W_enc=(W_enc * s[None, :]).contiguous(), b_enc=b_enc.contiguous(), W_dec=W_dec.contiguous(),
+            b_dec=(b_dec / s + mu).contiguous(), k=self.k, layer=layer, hook="resid_post", source=source,
+            format="qscope", input_bias=False, extra=extra,
         )
+
+
+@dataclass
+class Normalization:
+    """x_n = scale ⊙ (x − shift): what the trainer sees (a scalar scale is a vector of equal entries)."""
+
+    shift: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def identity(cls, d: int) -> "Normalization":
+        return cls(torch.zeros(d), torch.ones(d))
+
+    @classmethod
+    def fit(cls, kind: str, x: torch.Tensor) -> "Normalization":
+        """From a sample of activations. per-dim: Gemma-style residuals put most raw variance in a few massive
+        dimensions, so a raw-MSE SAE reconstructs those and leaves the rest — what the next blocks read — poorly."""
+        d = x.shape[1]
+        if kind == "mean-norm":
+            return cls(torch.zeros(d, device=x.device),
+                       torch.full((d,), math.sqrt(d) / float(x.norm(dim=-1).mean().clamp_min(1e-12)), device=x.device))
+        if kind == "per-dim":
+            std = x.std(0)
+            return cls(x.mean(0), 1.0 / std.clamp_min(1e-3 * float(std.median().clamp_min(1e-12))))
+        return cls(torch.zeros(d, device=x.device), torch.ones(d, device=x.device))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) * self.scale
 
 
 def fvu(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -486,14 +519,15 @@ def train_sae(
         if source is None:
             source = (cached_source if cfg.activations else ActivationSource)(lm, cfg, bar.status)
         eval_x = source.held_out().to(device)
-        scale = 1.0
+        raw_eval_x = eval_x
+        norm = Normalization.identity(lm.d_model)
         buffer = min(cfg.shuffle_buffer, budget) if budget else cfg.shuffle_buffer  # don't read far past the budget
         for x in shuffled_batches(source.passes(repeat=budget is not None), cfg.batch_size, buffer, gen):
             x = x[: budget - seen].to(device) if budget is not None else x.to(device)
-            if step == 0 and cfg.normalize == "mean-norm" and not from_release:
-                scale = math.sqrt(lm.d_model) / float(x.norm(dim=-1).mean().clamp_min(1e-12))
-                eval_x = eval_x * scale
-            x = x * scale
+            if step == 0 and not from_release:
+                norm = Normalization.fit(cfg.normalize, x)
+                eval_x = norm(eval_x)
+            x = norm(x)
             if step == 0:
                 if not from_release:
                     with torch.no_grad():
@@ -549,7 +583,7 @@ def train_sae(
         "positions_read": source.stats.positions,
         "outliers_dropped": source.stats.outliers + source.eval_stats.outliers,
         "rejects": len(source.rejects),
-        "normalization_scale": scale,
+        "normalization": cfg.normalize if not from_release else "none",
         "width": width, "k": k, "aux_k": aux_k, "lr": lr, "dead_tokens": dead_tokens, "d_model": lm.d_model,
         "model": lm.describe(),
         "init_from": cfg.init_from,
@@ -557,8 +591,10 @@ def train_sae(
     }
     result = sae.to_sae(
         layer=cfg.layer, source=f"qscope-train:{cfg.model}@layer{cfg.layer}",
-        extra={"training": {"config": cfg.model_dump(), "metrics": metrics}}, scale=scale,
+        extra={"training": {"config": cfg.model_dump(), "metrics": metrics}}, norm=norm,
     )
+    if raw_eval_x.shape[0]:  # the saved SAE on raw activations (equal to the above unless normalised per dim)
+        metrics["explained_variance_raw"] = result.reconstruction_metrics(raw_eval_x.cpu())["explained_variance"]
     if out is not None:
         out = Path(out)
         save_canonical(result, out)
