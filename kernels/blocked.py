@@ -20,7 +20,7 @@ import torch
 from qscope_kernels import numba_cpu
 from qscope_kernels.canonical import DEFAULT_MARGIN, candidate_count, fast_bias, finish
 
-TOKEN_TILE = 1024
+TOKEN_TILE = 2048
 DICT_TILE = 4096
 CAST_BUDGET_BYTES = 32 << 20
 GROUP = 16
