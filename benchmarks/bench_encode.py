@@ -10,6 +10,10 @@ of the matmul rate, and the share of rows whose ids equal the exact answer (the 
     python benchmarks/bench_encode.py --tokens 256 --shapes 2048x32768x50
     python benchmarks/bench_encode.py --device cuda --dtype bfloat16
 
+On the CPU each implementation is also run once more in a process of its own (`--rss-child`), whose peak
+resident set over one steady-state call (Linux VmHWM, reset before the call) is the "own-process" column: what a
+user sees, including MKL/OpenMP buffers the in-process figure can share between implementations.
+
 Repeats are interleaved (matmul, usual, dense, blocked, …, then again) and the best time and the smallest
 peak are kept (a first call also pays one-time buffers, e.g. MKL's packing workspace), so load from other
 processes affects all implementations alike; on a shared machine read the ratios.
@@ -18,7 +22,9 @@ processes affects all implementations alike; on a shared machine read the ratios
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +48,7 @@ class Row:
     seconds: float
     peak_bytes: int
     exact_rows: float | None
+    own_process_bytes: int = -1
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -71,19 +78,46 @@ def candidates(device: torch.device, impls: list[str] | None) -> list[str]:
     return [i for i in found if impls is None or i in impls]
 
 
-def run_shape(d_model: int, d_sae: int, k: int, tokens: int, dtype: torch.dtype, device: torch.device,
-              impls: list[str], repeats: int, progress: Progress, task) -> list[Row]:
+def make_problem(d_model: int, d_sae: int, tokens: int, dtype: torch.dtype, device: torch.device):
     g = torch.Generator(device="cpu").manual_seed(0)
     W = (torch.randn(d_sae, d_model, generator=g) / d_model ** 0.5).to(device=device, dtype=dtype)
     b = (torch.randn(d_sae, generator=g) * 0.1).to(device=device, dtype=dtype)
     x = torch.randn(tokens, d_model, generator=g).to(device=device, dtype=dtype)
+    return x, W, b
+
+
+def make_call(impl: str, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int) -> Callable[[], object]:
+    if impl == "matmul":
+        return lambda: x @ W.T
+    if impl == "usual":
+        return lambda: usual_encode(x, W, b, k)
+    return lambda: topk_encode(x, W, b, k, impl=impl)
+
+
+def rss_child(impl: str, shape: tuple[int, int, int], tokens: int, dtype: torch.dtype) -> int:
+    """In this (fresh) process: VmHWM growth over one steady-state call of `impl` (after one warm-up call)."""
+    d_model, d_sae, k = shape
+    x, W, b = make_problem(d_model, d_sae, tokens, dtype, torch.device("cpu"))
+    fn = make_call(impl, x, W, b, k)
+    fn()
+    _, extra = measure(fn, "cpu")
+    return extra
+
+
+def own_process_peak(impl: str, shape: tuple[int, int, int], tokens: int, dtype_name: str, threads: int) -> int:
+    cmd = [sys.executable, __file__, "--rss-child", impl, "--shapes", "x".join(map(str, shape)),
+           "--tokens", str(tokens), "--dtype", dtype_name, "--threads", str(threads)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"--rss-child {impl} failed: {run.stderr.strip()[-2000:]}")
+    return int(json.loads(run.stdout.strip().splitlines()[-1])["peak_bytes"])
+
+
+def run_shape(d_model: int, d_sae: int, k: int, tokens: int, dtype: torch.dtype, device: torch.device,
+              impls: list[str], repeats: int, progress: Progress, task) -> list[Row]:
+    x, W, b = make_problem(d_model, d_sae, tokens, dtype, device)
     label = f"{d_model}×{d_sae}, k={k}"
-    calls: dict[str, Callable[[], object]] = {"matmul": lambda: x @ W.T}
-    for impl in impls:
-        if impl == "usual":
-            calls[impl] = lambda: usual_encode(x, W, b, k)
-        else:
-            calls[impl] = (lambda i: lambda: topk_encode(x, W, b, k, impl=i))(impl)
+    calls = {name: make_call(name, x, W, b, k) for name in ["matmul", *impls]}
     if device.type == "cuda":  # compile / autotune outside the timed runs
         for fn in calls.values():
             fn()
@@ -121,21 +155,24 @@ def run_shape(d_model: int, d_sae: int, k: int, tokens: int, dtype: torch.dtype,
 
 def render(rows: list[Row], tokens: int, shapes: list[tuple[int, int, int]], header: str) -> str:
     lines = [header, "",
-             "| shape (d_model×d_sae, k) | impl | tokens/s | vs dense | peak extra MiB | GFLOP/s | % of matmul | rows exact |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| shape (d_model×d_sae, k) | impl | tokens/s | vs usual | vs dense | peak extra MiB | own-process peak MiB "
+             "| GFLOP/s | % of matmul | rows exact |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for d_model, d_sae, k in shapes:
         label = f"{d_model}×{d_sae}, k={k}"
         group = {r.impl: r for r in rows if r.shape == label}
         flops = 2.0 * tokens * d_model * d_sae
         rate = flops / group["matmul"].seconds
-        dense = group.get("dense")
+        dense, usual = group.get("dense"), group.get("usual")
         for r in group.values():
             speed = tokens / r.seconds
             rel = f"{dense.seconds / r.seconds:.2f}×" if dense and r.impl != "matmul" else "—"
+            rel_usual = f"{usual.seconds / r.seconds:.2f}×" if usual and r.impl != "matmul" else "—"
             exact = f"{100 * r.exact_rows:.1f}%" if r.exact_rows is not None else "—"
             mem = f"{r.peak_bytes / 2**20:,.0f}" if r.peak_bytes >= 0 else "n/a"
+            own = f"{r.own_process_bytes / 2**20:,.0f}" if r.own_process_bytes >= 0 else "—"
             lines.append(
-                f"| {label} | {r.impl} | {speed:,.0f} | {rel} | {mem} | "
+                f"| {label} | {r.impl} | {speed:,.0f} | {rel_usual} | {rel} | {mem} | {own} | "
                 f"{flops / r.seconds / 1e9:,.1f} | {100 * flops / r.seconds / rate:.0f}% | {exact} |"
             )
     return "\n".join(lines)
@@ -151,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per implementation (best kept)")
     ap.add_argument("--impls", default=None, help="comma-separated subset of usual,dense,blocked,triton")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--no-own-process", action="store_true", help="skip the per-implementation RSS processes (CPU)")
+    ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -163,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     shapes = parse_shapes(args.shapes)
     impls = candidates(device, args.impls.split(",") if args.impls else None)
     track_large_allocations()
+    if args.rss_child:
+        print(json.dumps({"peak_bytes": rss_child(args.rss_child, shapes[0], tokens, dtype)}))
+        return 0
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
     header = (f"TopK SAE encode, {tokens:,} tokens, {str(dtype).removeprefix('torch.')}, {where}, "
               f"{torch.get_num_threads()} torch threads, best of {repeats}")
@@ -173,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         task = progress.add_task("encode", total=len(shapes) * (len(impls) + 1) * repeats)
         for d_model, d_sae, k in shapes:
             rows += run_shape(d_model, d_sae, k, tokens, dtype, device, impls, repeats, progress, task)
+    if device.type == "cpu" and not args.no_own_process:
+        for r in rows:
+            shape = next(s for s in shapes if r.shape == f"{s[0]}×{s[1]}, k={s[2]}")
+            console.print(f"own-process peak: {r.shape} {r.impl}")
+            r.own_process_bytes = own_process_peak(r.impl, shape, tokens, str(dtype).removeprefix("torch."),
+                                                   torch.get_num_threads())
     print(render(rows, tokens, shapes, header))
     return 0
 

@@ -2,24 +2,26 @@
 
 The dictionary is visited one tile of `dict_tile` features at a time (outer loop, so a W_enc tile is read
 from memory once and, for half-precision weights, cast to fp32 once); each token tile's pre-activations go
-into one preallocated fp32 scratch buffer with `torch.addmm(..., out=)`. The tile's per-row top-C (C = k +
-margin) is found through group maxima (`tile_topk`), and merged exactly into a running top-C per token by
-`topk` over [running | tile's C]. Anything dropped along the way is ≤ the row's final C-th fast value, which
-is therefore the ceiling the canonical finish certifies against.
+into one preallocated fp32 scratch buffer with `torch.addmm(..., out=)` (bias fused). On the CPU with fp32/fp64
+tensors each tile streams once through a compiled per-row min-heap of the C = k + margin best
+(`numba_cpu.merge_tile`); otherwise the tile's per-row top-C is found through group maxima (`tile_topk`) and
+merged exactly into a running top-C per token by `topk` over [running | tile's C]. Anything dropped along the
+way is ≤ the row's final C-th fast value, which is therefore the ceiling the canonical finish certifies against.
 
-Peak extra memory ≈ token_tile·dict_tile·4 B (scratch) + token_tile·C·(4 + 8)·16 B (the gathered group
-members) + N·C·12 B (running candidates) + the finish's bounded chunks; with half weights, + the fp32 cast of
-one W_enc tile (the tile is narrowed to keep that under CAST_BUDGET_BYTES).
+Peak extra memory ≈ token_tile·dict_tile·4 B (scratch) + N·C·12 B (running candidates; the torch merge adds
+token_tile·C·(4 + 8)·16 B of gathered group members) + the finish's bounded chunks; with half weights, + the fp32
+cast of one W_enc tile (the tile is narrowed to keep that under CAST_BUDGET_BYTES).
 """
 
 from __future__ import annotations
 
 import torch
 
+from qscope_kernels import numba_cpu
 from qscope_kernels.canonical import DEFAULT_MARGIN, candidate_count, fast_bias, finish
 
-TOKEN_TILE = 1024
-DICT_TILE = 8192
+TOKEN_TILE = 2048
+DICT_TILE = 4096
 CAST_BUDGET_BYTES = 32 << 20
 GROUP = 16
 
@@ -42,8 +44,14 @@ def blocked_topk_encode(
     tm = min(token_tile, n)
     tn = _dict_tile(dict_tile, d_sae, d, W_enc.dtype != compute)
     scratch = torch.empty(tm * tn, dtype=compute, device=x.device)
-    run_v = torch.full((n, c), float("-inf"), dtype=compute, device=x.device)
-    run_i = torch.full((n, c), -1, dtype=torch.long, device=x.device)
+    compiled = numba_cpu.supports(x, W_enc)
+    if compiled:  # per-row min-heaps, one streaming pass per tile
+        run_v, run_i = numba_cpu.new_heap(n, c, compute)
+        merge = numba_cpu.merge_tile
+    else:
+        run_v = torch.full((n, c), float("-inf"), dtype=compute, device=x.device)
+        run_i = torch.full((n, c), -1, dtype=torch.long, device=x.device)
+        merge = _merge
     w_max = torch.zeros((), dtype=compute, device=x.device)
     b32 = fast_bias(W_enc, b_enc, x_offset)
     for j0 in range(0, d_sae, tn):
@@ -54,7 +62,7 @@ def blocked_topk_encode(
             i1 = min(n, i0 + tm)
             tile = scratch[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
             torch.addmm(b32[j0:j1], x[i0:i1].to(compute), w.T, out=tile)
-            _merge(tile, j0, run_v[i0:i1], run_i[i0:i1])
+            merge(tile, j0, run_v[i0:i1], run_i[i0:i1])
     stats = (float(w_max), float(b32.abs().max()) if d_sae else 0.0)
     del scratch, w  # the finish's buffers take their place (same size): peak = max(tile phase, finish phase)
     return finish(x, W_enc, b_enc, k, run_i, run_v, compute_dtype=compute, stats=stats, x_offset=x_offset,

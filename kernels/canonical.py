@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from qscope_kernels import numba_cpu
+
 PAD_ID = -1
 DEFAULT_MARGIN = 16
 RESCORE_BUDGET_BYTES = 32 << 20  # CPU: cache-friendly chunks
@@ -97,8 +99,8 @@ def rescore(
     """Exact float64 pre-activations of the candidate ids: [N, C].
 
     With `widths` [N], only each row's first widths[n] candidates are needed (the rest score −inf); ids < 0
-    (padding) score −inf. On CUDA one Triton kernel reads the rows in their stored dtype (triton_rescore);
-    otherwise W rows are gathered chunk by chunk into two reused buffers (native dtype, float64), so the cost is
+    (padding) score −inf. On CUDA one Triton kernel reads the rows in their stored dtype (triton_rescore); on the
+    CPU with fp32/fp64 tensors one compiled loop streams each row once (numba_cpu.rescore_rows); otherwise W rows are gathered chunk by chunk into two reused buffers (native dtype, float64), so the cost is
     one gather + one batched float64 mat-vec per chunk, never a float64 copy of W_enc.
     """
     n, c = cand.shape
@@ -116,6 +118,9 @@ def rescore(
 
         s = rescore_triton(x, W_enc, b_enc, ids, x_offset)
         out[:, :width] = torch.where(keep, s, torch.full_like(s, float("-inf")))
+        return out
+    if numba_cpu.supports(x, W_enc) and W_enc.is_contiguous():
+        out[:, :width] = numba_cpu.rescore_rows(x, W_enc, b_enc, torch.where(keep, ids, -1), widths, x_offset)
         return out
     per_row = width * d * (8 + (W_enc.element_size() if W_enc.dtype != torch.float64 else 0))
     rows = max(1, min(n, budget_bytes // per_row))

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import qscope_kernels
 from qscope_data.sae import reference_encode
-from qscope_kernels import canonical, resolve_impl, topk_encode
+from qscope_kernels import canonical, numba_cpu, resolve_impl, topk_encode
 from qscope_kernels.blocked import tile_topk
 
 # Small tiles so the blocked path runs many token and dictionary tiles and merges.
@@ -182,6 +182,35 @@ def test_grouped_tile_selection_equals_topk(width, c):
     values, cols = tile_topk(tied, c)
     assert torch.equal(values, torch.topk(tied, c).values)
     assert torch.equal(torch.gather(tied, 1, cols), values)
+
+
+@pytest.mark.parametrize("c,width,tiles", [(66, 512, 5), (8, 33, 3), (5, 3, 4)])
+def test_compiled_heap_merge_keeps_the_top_c_and_a_valid_ceiling(c, width, tiles):
+    """The blocked path's compiled running top-C over several tiles equals topk over the whole row; with many
+    ties the kept values are still the top-c values and every dropped value is ≤ the kept minimum (the ceiling)."""
+    g = torch.Generator().manual_seed(c)
+    for full in (torch.randn(9, width * tiles, generator=g), torch.randn(9, width * tiles, generator=g).round()):
+        heap_v, heap_i = numba_cpu.new_heap(9, c, torch.float32)
+        for t in range(tiles):
+            numba_cpu.merge_tile(full[:, t * width:(t + 1) * width].contiguous(), t * width, heap_v, heap_i)
+        kept, order = torch.sort(heap_v, dim=-1, descending=True)
+        assert torch.equal(kept, torch.topk(full, c).values)
+        assert torch.equal(torch.gather(full, 1, torch.gather(heap_i, 1, order)), kept)
+        dropped = full.scatter(1, heap_i, float("-inf"))
+        assert bool((dropped.max(dim=-1).values <= kept[:, -1]).all())
+
+
+def test_compiled_rescore_equals_float64_definition():
+    x, W, b = problem(12, 37, 200, seed=3)
+    offset = torch.randn(37, generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(-1, 200, (12, 9), generator=torch.Generator().manual_seed(5))
+    widths = torch.randint(1, 10, (12,), generator=torch.Generator().manual_seed(6))
+    got = numba_cpu.rescore_rows(x, W, b, ids, widths, offset)
+    full = torch.addmm(b.double(), x.double() - offset.double(), W.double().T)
+    want = torch.gather(full, 1, ids.clamp_min(0))
+    live = (ids >= 0) & (torch.arange(9) < widths.unsqueeze(1))
+    torch.testing.assert_close(got[live], want[live], rtol=1e-13, atol=1e-13)
+    assert bool(torch.isneginf(got[~live]).all())
 
 
 def test_blocked_memory_is_a_fraction_of_dense_and_flat_in_d_sae():

@@ -19,15 +19,6 @@ ray = pytest.importorskip("ray")
 WORDS = "the quick brown fox jumps over a lazy dog bake bread flour water salt yeast der Fuchs le renard 你好".split()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def corpus(write_jsonl, n: int = 30):
     rng = np.random.default_rng(7)
     rows: list = [{"id": f"d{i}", "text": " ".join(rng.choice(WORDS, size=int(rng.integers(2, 20)))),

@@ -21,6 +21,7 @@ def curate(
     quota: list[str] = typer.Option([], "--quota", help="FIELD=VALUE:N[,VALUE:N…] (lang, category, source): keep the first N; repeatable."),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Remove exact and near duplicates (on by default)."),
     near_dup_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="Word-5-gram Jaccard at or above which two documents are near duplicates."),
+    executor: str = typer.Option("local", "--executor", help="Where dedup runs: local (in process) or ray (Ray Data; same decisions)."),
     quarantine: bool = typer.Option(False, "--quarantine", help="Route flagged rows to quarantine/ shards instead of train."),
     max_shard_rows: int = typer.Option(100_000, "--max-shard-rows", help="Rows per shard at most."),
     max_shard_bytes: int = typer.Option(256 * 1024 * 1024, "--max-shard-bytes", help="Uncompressed (JSON) bytes per shard at most."),
@@ -43,7 +44,7 @@ def curate(
         options = CurateOptions(
             inputs=inputs, features=str(features), scores=str(scores) if scores else None, synth=[str(s) for s in synth],
             out=str(out), format=fmt, text_role=text_role, text_prompt=text_prompt, quotas=quota, dedup=dedup,
-            near_dup_threshold=near_dup_threshold, quarantine=quarantine, max_shard_rows=max_shard_rows,
+            near_dup_threshold=near_dup_threshold, executor=executor, quarantine=quarantine, max_shard_rows=max_shard_rows,
             max_shard_bytes=max_shard_bytes, jsonl=jsonl, license=license_, name=name, text_field=text_field,
             id_field=id_field, split=split, overwrite=overwrite,
         )

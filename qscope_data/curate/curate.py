@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -84,6 +84,7 @@ class CurateOptions(BaseModel):
     quotas: list[str] = Field(default_factory=list, description="FIELD=VALUE:N[,VALUE:N…]")
     dedup: bool = True
     near_dup_threshold: float = Field(dedup_mod.DEFAULT_THRESHOLD, gt=0.0, le=1.0)
+    executor: Literal["local", "ray"] = Field("local", description="where dedup runs: in process, or on Ray Data (same decisions)")
     quarantine: bool = False
     max_shard_rows: int = Field(DEFAULT_MAX_ROWS, ge=1)
     max_shard_bytes: int | None = Field(DEFAULT_MAX_BYTES, ge=1)
@@ -339,10 +340,14 @@ def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
         survivors = [it for it in items if it.reason is None]
         if options.dedup:
             bar.phase("dedup", len(survivors))
-            dups = dedup_mod.find_duplicates(
-                (dedup_mod.DedupDoc(it.doc_id, it.text, it.messages) for it in survivors),
-                threshold=options.near_dup_threshold, on_doc=bar.advance,
-            )
+            docs = (dedup_mod.DedupDoc(it.doc_id, it.text, it.messages) for it in survivors)
+            if options.executor == "ray":
+                from qscope_data.curate.dedup_ray import find_duplicates_ray
+
+                dups = find_duplicates_ray(docs, threshold=options.near_dup_threshold)
+                bar.advance(len(survivors))
+            else:
+                dups = dedup_mod.find_duplicates(docs, threshold=options.near_dup_threshold, on_doc=bar.advance)
             for it in survivors:
                 dup = dups.get(it.doc_id)
                 if dup is not None:

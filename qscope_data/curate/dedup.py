@@ -95,31 +95,51 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
     return len(a & b) / len(a | b)
 
 
+def minhash_template(num_perm: int = NUM_PERM, seed: int = SEED):
+    """The empty MinHash every signature starts from (its permutations are drawn once, from the seed)."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine32")
+
+
+def signature(template, shingles: frozenset[int]):
+    """MinHash of a shingle set (fed in sorted order, so the result does not depend on set iteration order)."""
+    mh = template.copy()
+    mh.update_batch(sorted(shingles))
+    return mh
+
+
+def lsh_threshold(threshold: float) -> float:
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"near-duplicate threshold {threshold} is not in (0, 1]")
+    return max(threshold - LSH_MARGIN, 0.05)
+
+
+def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
+    """(bands, rows per band) that datasketch's MinHashLSH picks for this threshold (the Ray path bands the same)."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=lsh_threshold(threshold), num_perm=num_perm, weights=LSH_WEIGHTS)
+    return lsh.b, lsh.r
+
+
 class NearDuplicateIndex:
     """MinHash LSH over the kept documents; candidates are confirmed by exact Jaccard, the earliest match wins."""
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, *, num_perm: int = NUM_PERM, seed: int = SEED):
-        from datasketch import MinHash, MinHashLSH
+        from datasketch import MinHashLSH
 
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"near-duplicate threshold {threshold} is not in (0, 1]")
         self.threshold = threshold
-        # permutations are drawn once (from the seed); each signature starts from a copy of this empty MinHash
-        self._empty = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine32")
-        self._lsh = MinHashLSH(threshold=max(threshold - LSH_MARGIN, 0.05), num_perm=num_perm, weights=LSH_WEIGHTS)
+        self._empty = minhash_template(num_perm, seed)
+        self._lsh = MinHashLSH(threshold=lsh_threshold(threshold), num_perm=num_perm, weights=LSH_WEIGHTS)
         self._kept: list[tuple[str, frozenset[int]]] = []
-
-    def _signature(self, shingles: frozenset[int]):
-        mh = self._empty.copy()
-        mh.update_batch(sorted(shingles))
-        return mh
 
     def match_or_add(self, doc_id: str, shingles: frozenset[int]) -> tuple[str, float] | None:
         """The earliest kept document at Jaccard ≥ threshold with the similarity; None when there is none, and then
         this document is kept (indexed) itself. One signature per document."""
         if not shingles:
             return None
-        sig = self._signature(shingles)
+        sig = signature(self._empty, shingles)
         best: tuple[int, float] | None = None
         for idx in self._lsh.query(sig):
             sim = jaccard(shingles, self._kept[idx][1])
