@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo demo-sae test venv bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/qscope demo
+
+# Train the shipped demo SAE once (needs ../shared/data; ~1 h on 2 cores, most of it reading activations).
+demo-sae: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m qscope_data.demo.demo_sae --shared ../shared/data
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup

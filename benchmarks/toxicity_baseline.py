@@ -5,8 +5,8 @@ documents (discovery + validation) and is scored on exactly the held-out documen
 
     .venv/bin/python benchmarks/toxicity_baseline.py --input toxicity.jsonl --model M --layer 3 [--train-lang en]
 
-Prints F1 per language on the held-out split, for a model trained on --train-lang (transfer to the others), and
-the F1 of each language's own model.
+Prints balanced accuracy (and F1) per language on the held-out split, for a model trained on --train-lang
+(transfer to the others), and for each language's own model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 def pooled_activations(model: str, layer: int, texts: list[str], max_tokens: int, batch: int = 64) -> np.ndarray:
     from qscope_data.capture import capture, load_model
 
-    lm = load_model(model)
+    lm = load_model(model)  # float32 on a CPU without fast bf16
     out = []
     for start in range(0, len(texts), batch):
         enc = lm.tokenizer(texts[start:start + batch], return_tensors="pt", padding=True, truncation=True,
@@ -37,7 +37,7 @@ def pooled_activations(model: str, layer: int, texts: list[str], max_tokens: int
 
 def main() -> None:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import balanced_accuracy_score, f1_score
     from sklearn.preprocessing import StandardScaler
 
     from qscope_data.rules import split as splits
@@ -71,14 +71,17 @@ def main() -> None:
     transfer = fit(~held & (lang == args.train_lang))
     for lg in sorted(set(lang)):
         m = held & (lang == lg)
-        results[lg][f"trained_on_{args.train_lang}"] = f1_score(y[m], transfer(m))
         own = fit(~held & (lang == lg))
-        results[lg]["trained_on_own"] = f1_score(y[m], own(m))
+        for name, model in ((f"{args.train_lang} model", transfer), ("own model", own)):
+            pred = model(m)
+            results[lg][name] = (balanced_accuracy_score(y[m], pred), f1_score(y[m], pred))
         results[lg]["n_heldout"] = int(m.sum())
-    print(f"logistic regression on mean-pooled layer-{args.layer} activations of {args.model}")
-    print(f"{'lang':<6} {'n':>6} {'F1 (' + args.train_lang + ' model)':>16} {'F1 (own model)':>16}")
+    print(f"logistic regression on mean-pooled block-{args.layer} activations of {args.model}")
+    print(f"| lang | n | BA ({args.train_lang} model) | F1 ({args.train_lang} model) | BA (own model) | F1 (own model) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for lg, r in results.items():
-        print(f"{lg:<6} {r['n_heldout']:>6} {r[f'trained_on_{args.train_lang}']:>16.3f} {r['trained_on_own']:>16.3f}")
+        t, o = r[f"{args.train_lang} model"], r["own model"]
+        print(f"| {lg} | {r['n_heldout']} | {t[0]:.3f} | {t[1]:.3f} | {o[0]:.3f} | {o[1]:.3f} |")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,15 @@ def ref(tmp_path_factory):
     return docs, make_store(tmp_path_factory.mktemp("ref") / "store", docs, d_sae=D_SAE)
 
 
-def direct_selection(docs, *, negative="benign", top, min_support, n_examples=5):
-    """The inventory by plain Python sets: Δ per (category, feature), argmax category, top per category."""
+def direct_purity(docs, f: int, category: str, purity_top: int = 10) -> float:
+    """Share of feature f's top-activating documents (any category) that carry `category`."""
+    firing = sorted(((d["acts"][d["features"].index(f)], d["doc_id"], d["category"]) for d in docs if f in d["features"]),
+                    key=lambda t: (-t[0], t[1]))[:purity_top]
+    return sum(c == category for _, _, c in firing) / len(firing)
+
+
+def direct_selection(docs, *, negative="benign", top, min_support, n_examples=5, min_purity=0.6):
+    """The inventory by plain Python sets: Δ per (category, feature), argmax category, purity filter, top per category."""
     by_cat: dict[str, list[dict]] = {}
     for d in docs:
         by_cat.setdefault(d["category"], []).append(d)
@@ -43,22 +50,25 @@ def direct_selection(docs, *, negative="benign", top, min_support, n_examples=5)
                     best[f] = (delta, c)
     out: dict[str, list[dict]] = {}
     for c in sorted(by_cat):
-        feats = sorted((f for f, (_, cat) in best.items() if cat == c), key=lambda f: (-best[f][0], -support[c][f], f))[:top]
+        feats = sorted((f for f, (_, cat) in best.items() if cat == c and direct_purity(docs, f, c) >= min_purity),
+                       key=lambda f: (-best[f][0], -support[c][f], f))[:top]
         out[c] = []
         for f in feats:
             firing = [(d["acts"][d["features"].index(f)], d["doc_id"]) for d in by_cat[c] if f in d["features"]]
             firing.sort(key=lambda t: (-t[0], t[1]))
-            out[c].append({"id": f, "delta": best[f][0], "support": support[c][f], "examples": [doc for _, doc in firing[:n_examples]]})
+            out[c].append({"id": f, "delta": best[f][0], "support": support[c][f], "purity": direct_purity(docs, f, c),
+                           "examples": [doc for _, doc in firing[:n_examples]]})
     return {c: v for c, v in out.items() if v}
 
 
-def test_select_equals_direct_firing_rate_gaps(ref, tmp_path):
+@pytest.mark.parametrize("min_purity", [0.0, 0.6])
+def test_select_equals_direct_firing_rate_gaps(ref, tmp_path, min_purity):
     docs, store = ref
     out = tmp_path / "inv.yaml"
     main(["features", "select", "--features", str(store.root), "--label-field", "category", "--negative", "benign",
-          "--top", "3", "--min-support", "4", "--out", str(out)])
+          "--top", "3", "--min-support", "4", "--min-purity", str(min_purity), "--out", str(out)])
     data = yaml.safe_load(out.read_text())
-    expected = direct_selection(docs, top=3, min_support=4)
+    expected = direct_selection(docs, top=3, min_support=4, min_purity=min_purity)
     got: dict[str, list[dict]] = {}
     for f in data["features"]:
         got.setdefault(f["category"], []).append(f)
@@ -68,6 +78,7 @@ def test_select_equals_direct_firing_rate_gaps(ref, tmp_path):
         for g, e in zip(got[cat], feats):
             assert g["delta"] == pytest.approx(e["delta"], abs=1e-6)
             assert g["support"] == e["support"]
+            assert g["purity"] == pytest.approx(e["purity"], abs=1e-4) and g["purity"] >= min_purity
             # float32 activations can tie differently only if equal; random 3-decimal values rarely tie
             assert g["examples"] == e["examples"]
     ids = [f["id"] for f in data["features"]]
@@ -81,7 +92,7 @@ def test_select_equals_direct_firing_rate_gaps(ref, tmp_path):
 
 def test_shared_feature_goes_to_its_largest_gap(ref):
     docs, store = ref
-    inv = select_features(store, top=10, min_support=1)
+    inv = select_features(store, top=10, min_support=1, min_purity=0.0)
     cats = {f.id: f.category for f in inv.features}
     expected = direct_selection(docs, top=10, min_support=1)
     for cat, feats in expected.items():

@@ -44,7 +44,7 @@ def test_shipped_demo_sae_is_verified_before_use(tmp_path):
     from qscope_data.errors import UsageError
 
     sae = load_demo_sae()
-    assert (sae.d_model, sae.layer) == (640, 9) and sae.d_sae >= 8 * 640
+    assert (sae.d_model, sae.layer) == (640, 12) and sae.d_sae >= 8 * 640
     assert (SHIPPED / "sae.safetensors").stat().st_size <= 25 << 20
     recipe = json.loads((SHIPPED / "recipe.json").read_text())
     assert recipe["backbone"]["model"] == "google/gemma-3-270m" and recipe["data_fingerprint"]

@@ -62,7 +62,7 @@ def config(tiny: Path, corpus: Path, **kw) -> TrainConfig:
 
 def test_training_improves_explained_variance_and_saves_a_loadable_unit_norm_sae(tiny, lm, corpus, tmp_path):
     out = tmp_path / "sae"
-    result = train_sae(config(tiny, corpus), out, progress=False, lm=lm)
+    result = train_sae(config(tiny, corpus, normalize="none"), out, progress=False, lm=lm)
     m = result.metrics
     assert m["steps"] >= 20 and m["train_tokens"] == 6000
     assert m["explained_variance"] > m["init_explained_variance"] + 0.1, m
@@ -75,8 +75,8 @@ def test_training_improves_explained_variance_and_saves_a_loadable_unit_norm_sae
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["width"] == 256 and metrics["history"][-1]["tokens"] == 6000
     # The demo's cache: the same config and input bytes find the trained SAE; any change does not.
-    assert load_trained(out, config(tiny, corpus)) is not None
-    assert load_trained(out, config(tiny, corpus, k=9)) is None
+    assert load_trained(out, config(tiny, corpus, normalize="none")) is not None
+    assert load_trained(out, config(tiny, corpus, normalize="none", k=9)) is None
 
     # The saved SAE (Qwen-Scope form, b_dec folded into b_enc) encodes real activations like the training forward did.
     stats = StreamStats()
@@ -88,6 +88,35 @@ def test_training_improves_explained_variance_and_saves_a_loadable_unit_norm_sae
     with torch.no_grad():
         x_hat, *_ = trainer(x)
     torch.testing.assert_close(sae.decode(values, ids), x_hat, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mean-norm", "per-dim"])
+def test_normalisation_folds_into_the_plain_formula_exactly(kind):
+    """The saved SAE on raw x gives the trainer's pre-activations on normalised x, and its reconstruction un-normalised."""
+    from qscope_data.sae.train import Normalization, TopKTrainer
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 32, generator=gen, dtype=torch.float64) * torch.logspace(0, 3, 32, dtype=torch.float64) + 50
+    trainer = TopKTrainer(32, 128, 6, gen).double()
+    with torch.no_grad():
+        trainer.b_dec.normal_(generator=gen)
+        trainer.b_enc.normal_(generator=gen)
+    norm = Normalization.fit(kind, x)
+    sae = trainer.to_sae(layer=0, source="t", extra={}, norm=norm)
+    sae = type(sae)(**{**sae.__dict__, **{n: getattr(sae, n).double() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}})
+    pre_trainer = torch.nn.functional.linear(norm(x) - trainer.b_dec, trainer.W_enc, trainer.b_enc)
+    torch.testing.assert_close(sae.pre_activations(x, dtype=torch.float64), pre_trainer.detach(), rtol=1e-4, atol=1e-2)
+    x_hat_n, values, ids, _ = trainer(norm(x))
+    x_hat = x_hat_n.detach() / norm.scale + norm.shift
+    torch.testing.assert_close(sae.decode(values.detach(), ids).double(), x_hat, rtol=1e-4, atol=1e-2)
+
+
+def test_per_dim_normalisation_trains_and_reports_raw_explained_variance(tiny, lm, corpus):
+    result = train_sae(config(tiny, corpus, normalize="per-dim"), None, progress=False, lm=lm)
+    m = result.metrics
+    assert m["normalization"] == "per-dim" and m["explained_variance"] > m["init_explained_variance"]
+    assert -1 < m["explained_variance_raw"] <= 1
+
 
 
 def test_decoder_stays_unit_norm_and_gradient_is_orthogonal_to_columns():

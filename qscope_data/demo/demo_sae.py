@@ -26,18 +26,18 @@ from qscope_data.errors import UsageError
 
 SHIPPED = Path(__file__).with_name("sae")
 RECIPE = {
-    "layer": 9,
+    "layer": 12,
     "width": 8192,
     "k": 32,
     "max_tokens": 128,
     "positions": 750_000,     # the first training positions of the shuffled text stream (one forward, cached)
-    "epochs": 4,              # passes over the cached activations
+    "epochs": 1,              # passes over the cached activations
     "batch_size": 2048,
-    "lr": 8e-4,
-    "normalize": "mean-norm",
+    "lr": 1e-3,
+    "normalize": "per-dim",
     "eval_every": 20,
     "eval_tokens": 16384,     # held-out positions for explained variance, L0, dead fraction
-    "splice_texts": 400,      # held-out texts for the spliced next-token loss
+    "splice_texts": 240,      # held-out texts for the spliced next-token loss
     "seed": 0,
     "dtype": "float16",
 }

@@ -1,6 +1,6 @@
 """`qscope demo`: the whole pipeline, offline, on a real multilingual causal LM read through a shipped SAE.
 
-Steps: convert (once, into the user cache) Gemma-3-270M from its PyPI GGUF → verify the shipped demo SAE (block 9,
+Steps: convert (once, into the user cache) Gemma-3-270M from its PyPI GGUF → verify the shipped demo SAE (block 12,
 trained by `make demo-sae`) → run the packaged pipeline config (`pipeline.yaml`) as Prefect flows: encode → rules
 mine + score → features select + gaps → synth (verified by re-encoding) → curate → evaluate the mined toxicity rules
 on the held-back split → write one overview page (`report/report.html`) and print where everything is.
