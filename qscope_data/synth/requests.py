@@ -167,6 +167,8 @@ def feedback_text(reason: str, activation: float | None, threshold: float, featu
     if reason == "below_threshold":
         return (f"feature {feature} reached {activation or 0.0:.3g} on it, it must exceed {threshold:.3g} "
                 "(the request did not express the concept strongly enough)")
+    if reason == "near_copy":
+        return "it copied one of the example texts; write a new request in your own words"
     if reason in ("duplicate", "near_duplicate"):
         return "it repeated an earlier request; write something new"
     return f"it failed ({reason})"
