@@ -99,7 +99,7 @@ def test_each_slot_appears_exactly_once_and_outputs_agree(run):
     for f in saved["features"]:
         assert f["accepted"] + f["rejected"] == PER_FEATURE
         assert f["acceptance_rate"] == pytest.approx(f["accepted"] / f["attempts"], abs=1e-6)
-    assert (out / "report.html").read_text().count("<img") == 1 and (out / "synth.png").stat().st_size > 1000
+    assert (out / "report.html").read_text().count("<img") == 2 and (out / "synth.png").stat().st_size > 1000  # + novelty
     # The curation stage reads the folder as synthetic samples without complaint.
     from qscope_data.curate.synthetic import load_synthetic
 

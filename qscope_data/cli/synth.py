@@ -31,9 +31,10 @@ def synth(
     model: str = typer.Option(..., "--model", help="Verifying model (folder or hub id): the one the gaps were measured with."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the gap report's)."),
-    generator: str = typer.Option("offline", "--generator",
-                                  help="offline | hf:<model>[?steer_alpha=4&positions=generated] | "
-                                       "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4]"),
+    generator: str = typer.Option("lm", "--generator",
+                                  help="lm (the verifying model, few-shot) | lm:<model>[?steer_alpha=0.1&shots=4&seed=0] | "
+                                       "hf:<chat model>[?steer_alpha=4&positions=generated] | "
+                                       "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4] | templates (tests)"),
     per_feature: int = typer.Option(4, "--per-feature", help="Samples wanted per gap feature."),
     out: Path = typer.Option(..., "--out", help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
     threshold: float = typer.Option(0.0, "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
@@ -46,6 +47,16 @@ def synth(
     benign: str | None = typer.Option(None, "--benign-categories", help="Categories answered helpfully (others get refusals)."),
     variants: str | None = typer.Option(None, "--variants", help="Framings to use: plain,roleplay,hypothetical,obfuscation."),
     near_dup: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard of word 5-grams at which two prompts are near duplicates."),
+    near_copy_jaccard: float | None = typer.Option(None, "--near-copy-jaccard",
+                                                   help="Word 3-gram Jaccard with a reference example at which a candidate is a near-copy (default 0.6)."),
+    near_copy_containment: float | None = typer.Option(None, "--near-copy-containment",
+                                                       help="Share of an example's word 3-grams a candidate may hold before it is a near-copy (default 0.6)."),
+    baseline: tuple[str, int] | None = typer.Option(None, "--baseline", metavar="random N",
+                                             help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones."),
+    baseline_pool: list[str] | None = typer.Option(None, "--baseline-pool",
+                                                   help="Labelled reference JSONL/Parquet for the baseline's shots (non-benign --baseline-pool-field); default: the gaps' examples."),
+    baseline_pool_field: str | None = typer.Option(None, "--baseline-pool-field", help="Category field of --baseline-pool (default category)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the baseline's draws."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Verification: truncate each candidate to N tokens."),
     batch_size: int = typer.Option(16, "--batch-size", help="Verification batch size."),
     device: str = typer.Option("cpu", "--device"),
@@ -68,13 +79,23 @@ def synth(
     )
     if benign is not None:
         kwargs["benign_categories"] = _split(benign) or []
+    near = {k: v for k, v in (("jaccard", near_copy_jaccard), ("containment", near_copy_containment)) if v is not None}
+    if near:
+        kwargs["near_copy"] = near
+    if baseline is not None:
+        if baseline[0] != "random":
+            raise UsageError(f"--baseline {baseline[0]!r}: the only baseline is random (--baseline random N)")
+        kwargs["baseline_random"] = baseline[1]
+    for key, value in (("baseline_pool", baseline_pool or None), ("baseline_pool_field", baseline_pool_field), ("seed", seed)):
+        if value is not None:
+            kwargs[key] = value
     if variants is not None:
         kwargs["variants"] = _split(variants) or []
     try:
         config = SynthConfig(**kwargs)
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = str(err["loc"][0]).replace("_", "-") if err["loc"] else "?"
+        name = "-".join(str(x) for x in err["loc"]).replace("_", "-") if err["loc"] else "?"
         raise UsageError(f"--{name}: {err['msg']}") from None
     summary = run_synth(config, progress=progress)
     t, cov = summary.totals, summary.coverage
@@ -86,8 +107,17 @@ def synth(
         g = cov["gap_set"]
         print(f"coverage {b['covered']}/{b['total']} → {a['covered']}/{a['total']}; gap set "
               f"{g['before']['covered']}/{g['before']['total']} → {g['after']['covered']}/{g['after']['total']}")
+    comp = summary.comparison
+    if "random" in comp:
+        tg, rd = comp["targeted"], comp["random"]
+        print(f"gap coverage: targeted {_cov(tg['gap_coverage'])} ({tg['candidates']} candidates) vs random "
+              f"{_cov(rd['gap_coverage'])} ({rd['candidates']} candidates); random rejected {rd['rejected_by_reason']}")
     for w in summary.warnings:
         print(f"warning: {w}")
+
+
+def _cov(c: dict) -> str:
+    return f"{c['covered']}/{c['total']}"
 
 
 def steer(
