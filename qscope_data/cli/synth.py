@@ -121,12 +121,17 @@ def _cov(c: dict) -> str:
 
 
 def steer(
-    prompt: str = typer.Argument(..., help="The prompt to continue."),
+    prompt: str | None = typer.Argument(None, help="The prompt to continue (not with --eval)."),
     model: str = typer.Option(..., "--model", help="Causal LM (folder or hub id)."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
     layer: int = typer.Option(..., "--layer", help="Block whose output the SAE reads; the steering vector is added there."),
     feature: int = typer.Option(..., "--feature", help="Feature id f: the direction is W_dec[:, f]."),
-    alpha: float = typer.Option(..., "--alpha", help="Strength α (negative suppresses)."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Strength α (negative suppresses); absolute, one prompt."),
+    eval_prompts: Path | None = typer.Option(None, "--eval", help="JSONL of prompts {text, lang, set: amplify|suppress}: "
+                                             "α sweep (amplify +α, suppress −α), effect and perplexity, into --out."),
+    alphas: str | None = typer.Option(None, "--alphas", help="--eval: α values ≥ 0 in units of the block's median residual norm (default 0,0.05,0.1,0.2,0.4)."),
+    target_lang: str | None = typer.Option(None, "--target-lang", help="--eval: the language the feature writes (default zh)."),
+    out: Path | None = typer.Option(None, "--out", help="--eval: folder for steer_eval.json and steer_eval.png."),
     positions: str = typer.Option("all", "--positions", help="all | generated (leave the prompt's positions alone)."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     chat: bool = typer.Option(True, "--chat/--raw", help="Wrap the prompt in the model's chat template."),
@@ -135,7 +140,8 @@ def steer(
     dtype: str = typer.Option("auto", "--dtype"),
     sae_k: int | None = typer.Option(None, "--sae-k"),
 ) -> None:
-    """Baseline vs steered greedy continuation of PROMPT, side by side (h ← h + α·W_dec[:, f] at block --layer)."""
+    """Baseline vs steered greedy continuation of PROMPT, side by side (h ← h + α·W_dec[:, f] at block --layer);
+    with --eval, an α sweep over a prompt file: share of output in the target language and perplexity per α."""
     from rich.console import Console
     from rich.table import Table
 
@@ -146,9 +152,17 @@ def steer(
 
     if positions not in ("all", "generated"):
         raise UsageError(f"--positions {positions!r}: choose all or generated")
+    if eval_prompts is None and (prompt is None or alpha is None):
+        raise UsageError("qscope steer: give PROMPT and --alpha, or --eval PROMPTS.jsonl --out DIR")
+    if eval_prompts is not None and (prompt is not None or out is None):
+        raise UsageError("qscope steer --eval: takes no PROMPT argument and needs --out")
+    prompts = _eval_prompts(eval_prompts) if eval_prompts is not None else None
     lm = load_model(model, device=device, dtype=parse_dtype(dtype))
     require_causal(lm)  # before loading a large SAE for nothing
     sae_obj = load_sae(sae, layer, k=sae_k, device=device)
+    if prompts is not None:
+        _steer_eval(lm, sae_obj, layer, feature, prompts, alphas, target_lang, positions, max_new_tokens, out)  # type: ignore[arg-type]
+        return
     result = compare_steering(lm, sae_obj, layer, feature, alpha, prompt, positions=positions,  # type: ignore[arg-type]
                               max_new_tokens=max_new_tokens, chat=chat, seed=seed)
     table = Table(title=f"feature {feature} · layer {layer} · α={alpha:g} · positions={positions}", show_lines=True)
@@ -158,6 +172,59 @@ def steer(
     console = Console()
     console.print(f"prompt: {prompt}")
     console.print(table)
+
+
+def _eval_prompts(path: Path) -> list:
+    import json
+
+    from qscope_data.synth.steer_eval import EvalPrompt
+
+    if not path.is_file():
+        raise UsageError(f"--eval {path}: no such file")
+    prompts = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, lang, which = row["text"], str(row.get("lang", "")), row.get("set", "amplify")
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"--eval {path}:{i}: expected a JSON object with text (and lang, set)") from None
+        if which not in ("amplify", "suppress") or not isinstance(text, str) or not text.strip():
+            raise UsageError(f"--eval {path}:{i}: set must be amplify or suppress and text non-empty (got set={which!r})")
+        prompts.append(EvalPrompt(text, lang, which))
+    if not prompts:
+        raise UsageError(f"--eval {path}: no prompts")
+    return prompts
+
+
+def _steer_eval(lm, sae, layer: int, feature: int, prompts: list, alphas: str | None, target_lang: str | None,
+                positions: str, max_new_tokens: int, out: Path) -> None:
+    from pydantic import ValidationError
+
+    from qscope_data import atomic
+    from qscope_data.synth.steer_eval import SteerEvalOptions, markdown_table, sweep, sweep_figure
+    from qscope_data.synth.steering import feature_direction
+
+    kwargs: dict = {"positions": positions, "max_new_tokens": max_new_tokens}
+    if alphas is not None:
+        try:
+            kwargs["alphas"] = [float(a) for a in _split(alphas) or []]
+        except ValueError:
+            raise UsageError(f"--alphas {alphas!r}: expected comma-separated numbers") from None
+    if target_lang is not None:
+        kwargs["target_lang"] = target_lang
+    try:
+        options = SteerEvalOptions(**kwargs)
+    except ValidationError as exc:
+        raise UsageError(f"--{'-'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}") from None
+    result = sweep(lm, layer, feature_direction(sae, feature), prompts, options)
+    result.update(feature=feature, model=lm.model_id)
+    atomic.write_json(out / "steer_eval.json", result)
+    atomic.write_bytes(out / "steer_eval.png", sweep_figure(result))
+    print(f"feature {feature} · block {layer} · α × median residual norm {result['residual_scale']:.3g}")
+    print(markdown_table(result))
+    print(f"→ {out}/steer_eval.json, steer_eval.png")
 
 
 def register(app: typer.Typer) -> None:
