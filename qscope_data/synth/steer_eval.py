@@ -147,6 +147,7 @@ def sweep_figure(result: dict[str, Any]) -> bytes:
     sets = [s for s in ("amplify", "suppress") if any(r["set"] == s for r in result["rows"])]
     fig = Figure(figsize=(5.5 * len(sets), 3.6))
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    fig.subplots_adjust(wspace=0.55)
     for ax, s in zip(axes, sets):
         rows = [r for r in result["rows"] if r["set"] == s]
         a = [r["alpha"] for r in rows]
