@@ -93,13 +93,19 @@ class GapsConfig(_Strict):
 
 
 class SynthConfig(_Strict):
-    generator: str = "offline"  # offline | hf:<model> | openai:<base_url>?model=<name> (qscope synth --generator)
+    # lm (the pipeline's model, few-shot) | lm:<model> | hf:<chat model> | openai:<base_url>?model=<name> | templates
+    generator: str = "lm"
     per_feature: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1)
     threshold: float = Field(0.0, ge=0.0)
     languages: list[str] = Field(default_factory=lambda: ["en"])
     verify: Literal["prompt", "conversation"] = "prompt"
     max_features: int | None = Field(None, ge=1)
+    variants: list[Literal["plain", "roleplay", "hypothetical", "obfuscation"]] | None = None  # None: all four
+    # random baseline (qscope synth --baseline random N): shots from the inventory corpus's non-negative records
+    baseline_random: int | None = Field(None, ge=1)
+    near_copy: dict[Literal["jaccard", "containment", "verbatim_min_words"], float] = Field(default_factory=dict)
+    seed: int = 0
 
 
 class CurateConfig(_Strict):

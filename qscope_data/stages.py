@@ -263,7 +263,9 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
         generator=s.generator, per_feature=s.per_feature, threshold=s.threshold, max_attempts=s.max_attempts,
         languages=s.languages, verify=s.verify, max_features=s.max_features,
         inventory=Path(inventory) if inventory else None, device=config.model.device, dtype=config.model.dtype,
-        sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True,
+        sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True, seed=s.seed,
+        baseline_random=s.baseline_random, near_copy=dict(s.near_copy), **baseline_pool(config),
+        **({"variants": s.variants} if s.variants else {}),
     )
     summary = run_synth(cfg, progress=interactive())
     t, cov = summary.totals, summary.coverage
@@ -275,7 +277,30 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     md = (f"### synth\n\n{t.get('accepted', 0)} of {t.get('requested', 0)} sample(s) accepted for {t.get('features', 0)} "
           f"gap feature(s) in {t.get('attempts', 0)} attempt(s) (generator `{s.generator}`); inventory coverage "
           f"{pct(before)} → {pct(after)}; rejected by reason: {json.dumps(t.get('rejected_by_reason', {}))}\n")
-    return StageResult("synth", {"synth": str(out)}, {"totals": t, "coverage": summary.coverage}, md)
+    comp = summary.comparison
+    if "random" in comp:
+        tg, rd = comp["targeted"]["gap_coverage"], comp["random"]["gap_coverage"]
+        md += (f"\nGap features covered: targeted {tg['covered']}/{tg['total']} vs random baseline "
+               f"{rd['covered']}/{rd['total']} ({comp['random']['candidates']} candidates, same generator).\n")
+    return StageResult("synth", {"synth": str(out)}, {"totals": t, "coverage": summary.coverage,
+                                                      "comparison": _without_lists(comp)}, md)
+
+
+def baseline_pool(config: PipelineConfig) -> dict:
+    """The random baseline's shots: the inventory corpus (the harmful reference set), its non-negative categories."""
+    from qscope_data.synth.requests import BENIGN_CATEGORIES
+
+    inv = config.inventory
+    if inv is None or not (config.synth and config.synth.baseline_random):
+        return {}
+    return {"baseline_pool": list(config.corpora[inv.corpus].input), "baseline_pool_field": inv.label_field,
+            "benign_categories": sorted({inv.negative, *BENIGN_CATEGORIES})}
+
+
+def _without_lists(comp: dict) -> dict:
+    """The comparison for the run summary: counts, not per-sample lists."""
+    return {k: {kk: vv for kk, vv in v.items() if not isinstance(vv, list) or kk == "covered_features"}
+            for k, v in comp.items()}
 
 
 def curate_corpus(config: PipelineConfig, store: str, scores: str | None = None, synth: str | None = None) -> StageResult:

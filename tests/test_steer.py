@@ -97,3 +97,28 @@ def test_cli_steer_prints_both_and_refuses_an_encoder(tiny_model_dir, minilm_dir
     code, _, err = qscope("steer", "--model", model, "--sae", sae_path, "--layer", LAYER, "--feature", 1,
                           "--alpha", 4, "--positions", "prompt", "Hello", capsys=capsys)
     assert code == 2 and "--positions" in err
+
+
+def test_cli_steer_eval_sweeps_alpha_over_both_prompt_sets(tiny_model_dir, sae, tmp_path, capsys):
+    import json
+
+    model = tiny_model_dir("qwen3")
+    sae_path = write_sae(sae, tmp_path / "sae", "qwen-scope", layer=LAYER)
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"text": PROMPTS[0], "lang": "en", "set": "amplify"}, {"text": PROMPTS[1], "lang": "en", "set": "amplify"},
+            {"text": "English: hello\nChinese: 你好\nEnglish: thanks", "lang": "en", "set": "suppress"}]
+    prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "eval"
+    code, stdout, err = qscope("steer", "--model", model, "--sae", sae_path, "--layer", LAYER, "--feature", FEATURE,
+                               "--eval", prompts, "--alphas", "0,0.5", "--max-new-tokens", 6, "--out", out, capsys=capsys)
+    assert code == 0, err
+    result = json.loads((out / "steer_eval.json").read_text())
+    assert [(r["set"], r["alpha"], r["n"]) for r in result["rows"]] == [
+        ("amplify", 0.0, 2), ("amplify", 0.5, 2), ("suppress", -0.0, 1), ("suppress", -0.5, 1)]
+    amp = [r for r in result["rows"] if r["set"] == "amplify"]
+    assert amp[1]["projection"] > amp[0]["projection"]  # +α moves the block output along the feature's direction
+    assert result["residual_scale"] > 0 and (out / "steer_eval.png").stat().st_size > 1000 and "| amplify |" in stdout
+    prompts.write_text('{"text": "x", "set": "sideways"}\n', encoding="utf-8")
+    code, _, err = qscope("steer", "--model", model, "--sae", sae_path, "--layer", LAYER, "--feature", FEATURE,
+                          "--eval", prompts, "--out", out, capsys=capsys)
+    assert code == 2 and "prompts.jsonl:1" in err and "sideways" in err

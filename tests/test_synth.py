@@ -1,4 +1,4 @@
-"""`qscope synth` with the offline generator on a tiny Qwen3 + random SAE: every accepted sample, re-encoded through
+"""`qscope synth` with the few-shot LM generator (the verifying model) on a tiny Qwen3 + random SAE: every accepted sample, re-encoded through
 `qscope encode`, fires its target feature above the threshold; a feature that cannot fire is rejected on every
 attempt and reported; coverage before → after in summary.json equals rerunning `qscope gaps` on target + accepted
 samples; each slot appears exactly once in accepted or rejected; bad input exits 2 before anything is written."""
@@ -49,10 +49,10 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_every_accepted_sample_fires_its_target_when_reencoded(world, run, tmp_path, capsys):
     out, summary, _ = run
     accepted = read_jsonl(out / "accepted.jsonl")
-    assert len(accepted) >= 6, "the offline generator should fill most slots of features that fire on examples"
+    assert len(accepted) >= 6, "the few-shot LM generator should fill most slots of features that fire on examples"
     for row in accepted:
         assert row["messages"][-1]["role"] == "assistant" and row["messages"][0]["role"] == "user"
-        assert row["generator"] == "offline" and row["verified"] == "prompt" and 1 <= row["attempts"] <= ATTEMPTS
+        assert row["generator"].startswith("lm:") and row["verified"] == "prompt" and 1 <= row["attempts"] <= ATTEMPTS
         assert row["activation"] > THRESHOLD and row["lang"] in ("en", "fr", "zh")
     # Re-encode the accepted file through the encode CLI, span = prompt (what was verified).
     store_dir = tmp_path / "reencoded"
@@ -99,7 +99,7 @@ def test_each_slot_appears_exactly_once_and_outputs_agree(run):
     for f in saved["features"]:
         assert f["accepted"] + f["rejected"] == PER_FEATURE
         assert f["acceptance_rate"] == pytest.approx(f["accepted"] / f["attempts"], abs=1e-6)
-    assert (out / "report.html").read_text().count("<img") == 1 and (out / "synth.png").stat().st_size > 1000
+    assert (out / "report.html").read_text().count("<img") == 2 and (out / "synth.png").stat().st_size > 1000  # + novelty
     # The curation stage reads the folder as synthetic samples without complaint.
     from qscope_data.curate.synthetic import load_synthetic
 
@@ -192,7 +192,8 @@ def test_cli_synth_runs_and_refuses_bad_input_with_exit_2(world, tmp_path, capsy
         (["--generator", "gpt4"], "--generator"),
         (["--generator", "openai:http://127.0.0.1:9/v1?temperature=1"], "model"),
         (["--generator", "hf:x?steer_alfa=2"], "steer_alfa"),
-        (["--languages", "xx"], "templates for"),
+        (["--generator", "templates", "--languages", "xx"], "templates for"),
+        (["--generator", "lm?steer_alpha=abc"], "steer_alpha"),
         (["--layer", "2"], "layer 1"),
         (["--verify", "everything"], "--verify"),
     ]

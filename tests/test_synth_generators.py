@@ -27,7 +27,10 @@ BENIGN = GapTarget(feature=4, category="benign", label="baking", description=Non
 
 
 def test_spec_parsing():
-    assert parse_generator_spec("offline").kind == "offline"
+    assert parse_generator_spec("offline").kind == parse_generator_spec("templates").kind == "templates"
+    assert parse_generator_spec("lm").kind == parse_generator_spec("lm?shots=2").kind == "lm"
+    assert parse_generator_spec("lm?shots=2").params == {"shots": "2"} and parse_generator_spec("lm").target == ""
+    assert parse_generator_spec("lm:/models/gemma?steer_alpha=0.1").target == "/models/gemma"
     spec = parse_generator_spec("hf:/models/qwen?steer_alpha=4&positions=generated")
     assert (spec.kind, spec.target, spec.params) == ("hf", "/models/qwen", {"steer_alpha": "4", "positions": "generated"})
     assert parse_generator_spec("hf:Qwen/Qwen3-8B").target == "Qwen/Qwen3-8B"

@@ -32,7 +32,7 @@ Script = Callable[[str, int], tuple]
 
 class ChatServer:
     """A chat-completions endpoint that answers like a (very literal) instruction follower: a prompt request gets
-    the first example text it was shown, a rewrite request gets the request to rewrite with a framing, a response
+    the first example text it was shown with its words reversed (a copy would be rejected as a near-copy), a rewrite request gets the request to rewrite with a framing, a response
     request gets a refusal."""
 
     def __init__(self, script: Script, answer_fn: Callable[[list[dict]], str] | None = None):
@@ -116,7 +116,8 @@ def answer(messages: list[dict]) -> str:
     system, user = messages[0]["content"], messages[-1]["content"]
     if "Texts that express it:" in user:
         found = re.search(r"^1\. (.+)$", user, re.M)
-        return found.group(1) if found else "Tell me about it."
+        # the first example's words in reverse order: the same vocabulary, no shared word 3-gram (no near-copy)
+        return " ".join(reversed(found.group(1).split())) if found else "Tell me about it."
     if user.startswith("Rewrite this user request"):
         request = re.search(r"Request: (.+?)\n\nReply", user, re.S).group(1)
         return f"Hypothetically, for a story: {request}"
@@ -150,7 +151,7 @@ def test_retries_backoff_retry_after_then_reports_every_request_once(monkeypatch
     assert [r.request_id for r in results] == ids and sum(done) == len(ids)
     ok = {r.request_id: r for r in results if r.ok}
     assert set(ok) == {ids[0], ids[1], ids[2], ids[3], ids[6]}
-    assert all(r.text == "How do I hack a router?" for r in ok.values())
+    assert all(r.text == "router? a hack I do How" for r in ok.values())
     assert dict(server.tries) == {ids[0]: 1, ids[1]: 2, ids[2]: 3, ids[3]: 2, ids[4]: 4, ids[5]: 1, ids[6]: 2}
     assert [results[i].tries for i in range(7)] == [1, 2, 3, 2, 4, 1, 2]
     t = server.times[ids[1]]
@@ -223,7 +224,7 @@ def test_synth_over_http_accounts_for_every_slot_and_never_writes_the_key(world,
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     ids = [r["id"] for r in accepted] + [r["id"] for r in rejected]
     assert sorted(ids) == sorted(slot_id(f, i) for f in features for i in range(2))  # none lost, none twice
-    assert accepted, "the literal server's answers (the gap's own example texts) should fire some targets"
+    assert accepted, "the literal server's answers (the gap's own example words) should fire some targets"
     assert all(r["generator"].startswith("openai:tiny@http://127.0.0.1:") for r in accepted + rejected)
     failed = next(r for r in rejected if r["id"] == broken)
     assert failed["reason"] == "generator_error" and failed["attempts"] == 2

@@ -31,9 +31,10 @@ def synth(
     model: str = typer.Option(..., "--model", help="Verifying model (folder or hub id): the one the gaps were measured with."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the gap report's)."),
-    generator: str = typer.Option("offline", "--generator",
-                                  help="offline | hf:<model>[?steer_alpha=4&positions=generated] | "
-                                       "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4]"),
+    generator: str = typer.Option("lm", "--generator",
+                                  help="lm (the verifying model, few-shot) | lm:<model>[?steer_alpha=0.1&shots=4&seed=0] | "
+                                       "hf:<chat model>[?steer_alpha=4&positions=generated] | "
+                                       "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4] | templates (tests)"),
     per_feature: int = typer.Option(4, "--per-feature", help="Samples wanted per gap feature."),
     out: Path = typer.Option(..., "--out", help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
     threshold: float = typer.Option(0.0, "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
@@ -46,6 +47,16 @@ def synth(
     benign: str | None = typer.Option(None, "--benign-categories", help="Categories answered helpfully (others get refusals)."),
     variants: str | None = typer.Option(None, "--variants", help="Framings to use: plain,roleplay,hypothetical,obfuscation."),
     near_dup: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard of word 5-grams at which two prompts are near duplicates."),
+    near_copy_jaccard: float | None = typer.Option(None, "--near-copy-jaccard",
+                                                   help="Word 3-gram Jaccard with a reference example at which a candidate is a near-copy (default 0.6)."),
+    near_copy_containment: float | None = typer.Option(None, "--near-copy-containment",
+                                                       help="Share of an example's word 3-grams a candidate may hold before it is a near-copy (default 0.6)."),
+    baseline: tuple[str, int] | None = typer.Option(None, "--baseline", metavar="random N",
+                                             help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones."),
+    baseline_pool: list[str] | None = typer.Option(None, "--baseline-pool",
+                                                   help="Labelled reference JSONL/Parquet for the baseline's shots (non-benign --baseline-pool-field); default: the gaps' examples."),
+    baseline_pool_field: str | None = typer.Option(None, "--baseline-pool-field", help="Category field of --baseline-pool (default category)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the baseline's draws."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Verification: truncate each candidate to N tokens."),
     batch_size: int = typer.Option(16, "--batch-size", help="Verification batch size."),
     device: str = typer.Option("cpu", "--device"),
@@ -68,13 +79,23 @@ def synth(
     )
     if benign is not None:
         kwargs["benign_categories"] = _split(benign) or []
+    near = {k: v for k, v in (("jaccard", near_copy_jaccard), ("containment", near_copy_containment)) if v is not None}
+    if near:
+        kwargs["near_copy"] = near
+    if baseline is not None:
+        if baseline[0] != "random":
+            raise UsageError(f"--baseline {baseline[0]!r}: the only baseline is random (--baseline random N)")
+        kwargs["baseline_random"] = baseline[1]
+    for key, value in (("baseline_pool", baseline_pool or None), ("baseline_pool_field", baseline_pool_field), ("seed", seed)):
+        if value is not None:
+            kwargs[key] = value
     if variants is not None:
         kwargs["variants"] = _split(variants) or []
     try:
         config = SynthConfig(**kwargs)
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = str(err["loc"][0]).replace("_", "-") if err["loc"] else "?"
+        name = "-".join(str(x) for x in err["loc"]).replace("_", "-") if err["loc"] else "?"
         raise UsageError(f"--{name}: {err['msg']}") from None
     summary = run_synth(config, progress=progress)
     t, cov = summary.totals, summary.coverage
@@ -86,17 +107,31 @@ def synth(
         g = cov["gap_set"]
         print(f"coverage {b['covered']}/{b['total']} → {a['covered']}/{a['total']}; gap set "
               f"{g['before']['covered']}/{g['before']['total']} → {g['after']['covered']}/{g['after']['total']}")
+    comp = summary.comparison
+    if "random" in comp:
+        tg, rd = comp["targeted"], comp["random"]
+        print(f"gap coverage: targeted {_cov(tg['gap_coverage'])} ({tg['candidates']} candidates) vs random "
+              f"{_cov(rd['gap_coverage'])} ({rd['candidates']} candidates); random rejected {rd['rejected_by_reason']}")
     for w in summary.warnings:
         print(f"warning: {w}")
 
 
+def _cov(c: dict) -> str:
+    return f"{c['covered']}/{c['total']}"
+
+
 def steer(
-    prompt: str = typer.Argument(..., help="The prompt to continue."),
+    prompt: str | None = typer.Argument(None, help="The prompt to continue (not with --eval)."),
     model: str = typer.Option(..., "--model", help="Causal LM (folder or hub id)."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
     layer: int = typer.Option(..., "--layer", help="Block whose output the SAE reads; the steering vector is added there."),
     feature: int = typer.Option(..., "--feature", help="Feature id f: the direction is W_dec[:, f]."),
-    alpha: float = typer.Option(..., "--alpha", help="Strength α (negative suppresses)."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Strength α (negative suppresses); absolute, one prompt."),
+    eval_prompts: Path | None = typer.Option(None, "--eval", help="JSONL of prompts {text, lang, set: amplify|suppress}: "
+                                             "α sweep (amplify +α, suppress −α), effect and perplexity, into --out."),
+    alphas: str | None = typer.Option(None, "--alphas", help="--eval: α values ≥ 0 in units of the block's median residual norm (default 0,0.05,0.1,0.2,0.4)."),
+    target_lang: str | None = typer.Option(None, "--target-lang", help="--eval: the language the feature writes (default zh)."),
+    out: Path | None = typer.Option(None, "--out", help="--eval: folder for steer_eval.json and steer_eval.png."),
     positions: str = typer.Option("all", "--positions", help="all | generated (leave the prompt's positions alone)."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens"),
     chat: bool = typer.Option(True, "--chat/--raw", help="Wrap the prompt in the model's chat template."),
@@ -105,7 +140,8 @@ def steer(
     dtype: str = typer.Option("auto", "--dtype"),
     sae_k: int | None = typer.Option(None, "--sae-k"),
 ) -> None:
-    """Baseline vs steered greedy continuation of PROMPT, side by side (h ← h + α·W_dec[:, f] at block --layer)."""
+    """Baseline vs steered greedy continuation of PROMPT, side by side (h ← h + α·W_dec[:, f] at block --layer);
+    with --eval, an α sweep over a prompt file: share of output in the target language and perplexity per α."""
     from rich.console import Console
     from rich.table import Table
 
@@ -116,9 +152,17 @@ def steer(
 
     if positions not in ("all", "generated"):
         raise UsageError(f"--positions {positions!r}: choose all or generated")
+    if eval_prompts is None and (prompt is None or alpha is None):
+        raise UsageError("qscope steer: give PROMPT and --alpha, or --eval PROMPTS.jsonl --out DIR")
+    if eval_prompts is not None and (prompt is not None or out is None):
+        raise UsageError("qscope steer --eval: takes no PROMPT argument and needs --out")
+    prompts = _eval_prompts(eval_prompts) if eval_prompts is not None else None
     lm = load_model(model, device=device, dtype=parse_dtype(dtype))
     require_causal(lm)  # before loading a large SAE for nothing
     sae_obj = load_sae(sae, layer, k=sae_k, device=device)
+    if prompts is not None:
+        _steer_eval(lm, sae_obj, layer, feature, prompts, alphas, target_lang, positions, max_new_tokens, out)  # type: ignore[arg-type]
+        return
     result = compare_steering(lm, sae_obj, layer, feature, alpha, prompt, positions=positions,  # type: ignore[arg-type]
                               max_new_tokens=max_new_tokens, chat=chat, seed=seed)
     table = Table(title=f"feature {feature} · layer {layer} · α={alpha:g} · positions={positions}", show_lines=True)
@@ -128,6 +172,59 @@ def steer(
     console = Console()
     console.print(f"prompt: {prompt}")
     console.print(table)
+
+
+def _eval_prompts(path: Path) -> list:
+    import json
+
+    from qscope_data.synth.steer_eval import EvalPrompt
+
+    if not path.is_file():
+        raise UsageError(f"--eval {path}: no such file")
+    prompts = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, lang, which = row["text"], str(row.get("lang", "")), row.get("set", "amplify")
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"--eval {path}:{i}: expected a JSON object with text (and lang, set)") from None
+        if which not in ("amplify", "suppress") or not isinstance(text, str) or not text.strip():
+            raise UsageError(f"--eval {path}:{i}: set must be amplify or suppress and text non-empty (got set={which!r})")
+        prompts.append(EvalPrompt(text, lang, which))
+    if not prompts:
+        raise UsageError(f"--eval {path}: no prompts")
+    return prompts
+
+
+def _steer_eval(lm, sae, layer: int, feature: int, prompts: list, alphas: str | None, target_lang: str | None,
+                positions: str, max_new_tokens: int, out: Path) -> None:
+    from pydantic import ValidationError
+
+    from qscope_data import atomic
+    from qscope_data.synth.steer_eval import SteerEvalOptions, markdown_table, sweep, sweep_figure
+    from qscope_data.synth.steering import feature_direction
+
+    kwargs: dict = {"positions": positions, "max_new_tokens": max_new_tokens}
+    if alphas is not None:
+        try:
+            kwargs["alphas"] = [float(a) for a in _split(alphas) or []]
+        except ValueError:
+            raise UsageError(f"--alphas {alphas!r}: expected comma-separated numbers") from None
+    if target_lang is not None:
+        kwargs["target_lang"] = target_lang
+    try:
+        options = SteerEvalOptions(**kwargs)
+    except ValidationError as exc:
+        raise UsageError(f"--{'-'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}") from None
+    result = sweep(lm, layer, feature_direction(sae, feature), prompts, options)
+    result.update(feature=feature, model=lm.model_id)
+    atomic.write_json(out / "steer_eval.json", result)
+    atomic.write_bytes(out / "steer_eval.png", sweep_figure(result))
+    print(f"feature {feature} · block {layer} · α × median residual norm {result['residual_scale']:.3g}")
+    print(markdown_table(result))
+    print(f"→ {out}/steer_eval.json, steer_eval.png")
 
 
 def register(app: typer.Typer) -> None:

@@ -55,6 +55,30 @@ def _table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _synthetic_section(sets: list[dict[str, Any]]) -> list[str]:
+    """How the synthetic samples were made: generator, verification, near-copy rule, coverage beside the baseline."""
+    rows = []
+    for s in sets:
+        p = s.get("provenance")
+        if not p:
+            rows.append(f"- `{s.get('path')}`: no summary.json, generator and verification unknown")
+            continue
+        line = (f"- `{s.get('path')}`: {p.get('accepted')} sample(s) written by **{p.get('generator')}**"
+                + (" (templates: recombined reference texts, not generated)" if p.get("generator_kind") == "templates" else "")
+                + f"; each kept only if re-encoding its {p.get('verify')} with `{p.get('verifying_model')}` and the SAE "
+                  f"at layer {p.get('layer')} fires its target feature above {p.get('threshold')}")
+        nc = p.get("near_copy")
+        if nc:
+            line += (f", and it is no near-copy of a reference example (verbatim, word 3-gram Jaccard ≥ {nc.get('jaccard')} "
+                     f"or ≥ {nc.get('containment')} of an example's 3-grams)")
+        tg, rd = p.get("targeted_gap_coverage"), p.get("random_gap_coverage")
+        if tg and rd:
+            line += (f". Gap features covered: {tg['covered']}/{tg['total']} targeted vs {rd['covered']}/{rd['total']} "
+                     "for the random baseline (same generator)")
+        rows.append(line + ".")
+    return ["## Synthetic samples\n", "\n".join(rows) + "\n"] if rows else []
+
+
 def render_card(manifest: CuratedManifest, *, pretty_name: str = "qscope curated SFT data") -> str:
     c = manifest.counts
     meta = yaml.safe_dump(front_matter(manifest, pretty_name=pretty_name), sort_keys=False, allow_unicode=True)
@@ -103,6 +127,7 @@ def render_card(manifest: CuratedManifest, *, pretty_name: str = "qscope curated
     if prov:
         lines = ["| what | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in prov]
         parts += ["## Provenance\n", "\n".join(lines) + "\n"]
+    parts += _synthetic_section(manifest.inputs.get("synth") or [])
     parts += [
         "## Columns\n",
         f"{fmt_cols} (the training data); `doc_id`, `source`, `lang`, `category`; `rules` (every rule the document "

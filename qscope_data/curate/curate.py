@@ -41,7 +41,7 @@ from qscope_data.curate.formats import Format, FormatRefused, Unformattable, for
 from qscope_data.curate.manifest import KIND, MANIFEST, REMOVED, CuratedManifest, FileEntry, file_entry
 from qscope_data.curate.scores import Scores, load_scores
 from qscope_data.curate.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, write_split
-from qscope_data.curate.synthetic import SyntheticSet, load_synthetic
+from qscope_data.curate.synthetic import SyntheticSet, load_synthetic, synth_provenance
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.store import FeatureStore
@@ -514,8 +514,8 @@ def _write(items: list[Item], options: CurateOptions, out: Path, *, n_input: int
                 "scores": None if scores is None else {
                     "path": str(scores.path), "summary_sha256": scores.summary_sha256, "scores_sha256": scores.scores_sha256,
                     "store_manifest_sha256": scores.store_manifest_sha256},
-                "synth": [{"path": str(s.path), "accepted_sha256": s.accepted_sha256, "summary_sha256": s.summary_sha256}
-                          for s in synth_sets],
+                "synth": [{"path": str(s.path), "accepted_sha256": s.accepted_sha256, "summary_sha256": s.summary_sha256,
+                           "provenance": synth_provenance(s.path)} for s in synth_sets],
             },
             model=store.manifest.model,
             saes=[s.model_dump() for s in store.manifest.saes],

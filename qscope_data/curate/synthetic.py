@@ -127,3 +127,24 @@ def load_synthetic(folder: str | Path) -> SyntheticSet:
         path=folder, accepted=accepted, samples=samples, rejects=rejects, accepted_sha256=atomic.sha256_file(accepted),
         summary_sha256=atomic.sha256_file(summary) if summary.is_file() else None,
     )
+
+
+def synth_provenance(folder: Path) -> dict[str, Any] | None:
+    """Which generator and which verification produced a synthesis folder's samples (from its summary.json), for the
+    dataset card; None when the folder has no readable summary."""
+    try:
+        summary = json.loads((Path(folder) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    gen, comp = summary.get("generator") or {}, summary.get("comparison") or {}
+    out: dict[str, Any] = {
+        "generator": gen.get("name"), "generator_kind": gen.get("kind"),
+        "verify": summary.get("verify"), "threshold": summary.get("threshold"), "layer": summary.get("layer"),
+        "verifying_model": (summary.get("model") or {}).get("id"), "sae": (summary.get("sae") or {}).get("source"),
+        "near_copy": summary.get("near_copy") or None, "accepted": (summary.get("totals") or {}).get("accepted"),
+    }
+    for key in ("targeted", "random"):
+        if key in comp:
+            out[f"{key}_gap_coverage"] = comp[key].get("gap_coverage")
+    return out
+

@@ -1,11 +1,14 @@
-"""Generators behind one interface: a local transformers chat model (optionally steered along the target feature),
-an OpenAI-compatible HTTP endpoint (vLLM, SGLang, hosted APIs), and a deterministic offline recombiner.
+"""Generators behind one interface: a local causal LM prompted few-shot (base models such as the demo's Gemma; optionally
+steered along the target feature), a local transformers chat model, an OpenAI-compatible HTTP endpoint (vLLM,
+SGLang, hosted APIs), and deterministic templates (a recombiner of reference texts, for tests only: what it
+"generates" are pasted windows of the examples, which near-copy rejection throws out).
 
 `Generator.generate(requests)` returns one `GenerationResult` per request, in order, each with text or an error —
 never raising for one failed request, so the synthesis loop can record it, retry the slot, and report it.
 `--generator SPEC` picks one (`parse_generator_spec`):
 
-    offline
+    templates                      (alias: offline)
+    lm[:<model folder or hub id>][?steer_alpha=0.1&temperature=0.9&shots=4&seed=0]   (no model: the verifying one)
     hf:<model folder or hub id>[?steer_alpha=4&positions=generated&max_new_tokens=128&temperature=0.7]
     openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4&rps=2&timeout=60&max_retries=4&temperature=0.8]
 
@@ -33,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from qscope_data.capture import LoadedModel, SteerPositions
 from qscope_data.errors import UsageError
 from qscope_data.synth import templates
+from qscope_data.synth.fewshot import request_text, user_text
 from qscope_data.synth.requests import GenerationRequest
 
 log = logging.getLogger("qscope_data.synth.http")
@@ -81,8 +85,9 @@ def _stable_int(key: str) -> int:
 # -------------------------------------------------------------------------------------------------------- offline
 
 
-class OfflineGenerator:
-    """Deterministic template/exemplar recombination, for the embedded demo and tests (labelled "offline").
+class TemplateGenerator:
+    """Deterministic template/exemplar recombination, for tests (labelled "templates"): not generation — its prompts
+    are windows of the reference examples, so near-copy rejection rejects most of them.
 
     Prompts put pieces of the gap's top-activating reference texts into a frame in the slot's language. Attempts
     escalate, which is how the offline generator follows verification feedback: attempt 1 recombines a window of one
@@ -91,7 +96,7 @@ class OfflineGenerator:
     later attempts). Responses are a refusal (harmful categories) or the opening of a helpful answer (benign).
     """
 
-    name = "offline"
+    name = "templates"
     languages = templates.OFFLINE_LANGUAGES
 
     def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
@@ -105,7 +110,7 @@ class OfflineGenerator:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "offline", "name": self.name, "languages": list(templates.OFFLINE_LANGUAGES)}
+        return {"kind": "templates", "name": self.name, "languages": list(templates.OFFLINE_LANGUAGES)}
 
     @staticmethod
     def _lang(req: GenerationRequest) -> str:
@@ -113,7 +118,7 @@ class OfflineGenerator:
 
     def _prompt(self, req: GenerationRequest, rng: random.Random) -> str:
         target, slot, attempt = req.slot.target, req.slot, req.attempt
-        examples = [e for e in (_user_text(x) for x in target.examples) if e]
+        examples = [e for e in (user_text(x) for x in target.examples) if e]
         if not examples:  # no reference text fires it: the label and description are all there is
             examples = [" ".join(x for x in (target.label, target.description) if x) or target.concept]
         n = len(examples)
@@ -141,13 +146,7 @@ class OfflineGenerator:
         return rng.choice(pool[self._lang(req)]).format(concept=req.slot.target.concept)
 
 
-def _user_text(example: str) -> str:
-    """A reference text as request material: a rendered conversation (`role: content` lines) gives its user lines."""
-    lines = example.splitlines()
-    if any(line.startswith(("user: ", "assistant: ", "system: ")) for line in lines):
-        users = [line.removeprefix("user: ") for line in lines if line.startswith("user: ")]
-        example = " ".join(users)
-    return " ".join(example.split())
+OfflineGenerator = TemplateGenerator  # the old name
 
 
 def _window(text: str, rng: random.Random, lo: float, hi: float) -> str:
@@ -174,52 +173,43 @@ class HFParams(BaseModel):
     seed: int = 0
 
 
-class HFChatGenerator:
-    """A local causal LM with a chat template; with `steer_alpha`, prompt and rewrite generation is steered along the
-    target feature's decoder direction at the SAE's block (responses are not steered: a refusal should stay one)."""
+class _LocalGenerator:
+    """A transformers causal LM in this process: requests are grouped by (steered feature, kind) — one steering
+    direction and one generation budget per group — and generated in batches with a seed per group."""
 
-    def __init__(self, lm: LoadedModel, params: HFParams | None = None, *, sae=None, layer: int | None = None):
-        from qscope_data.synth.steering import require_causal
+    name: str
+    lm: LoadedModel
+    params: Any
 
-        require_causal(lm)
-        self.lm, self.params, self.sae, self.layer = lm, params or HFParams(), sae, layer
-        if self.params.steer_alpha and (sae is None or layer is None):
-            raise UsageError("hf generator: steer_alpha needs the SAE and its layer")
-        self.name = f"hf:{lm.model_id}"
-        if self.params.steer_alpha:
-            self.name += f"+steer(α={self.params.steer_alpha:g},{self.params.positions})"
-        self._steering_cache: dict[int, Any] = {}
+    def _render(self, req: GenerationRequest) -> str:
+        raise NotImplementedError
+
+    def _steering(self, feature: int, texts: list[str]):
+        raise NotImplementedError
+
+    def _generate_kwargs(self, kind: str) -> dict[str, Any]:
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "hf", "name": self.name, "model": self.lm.describe(), **self.params.model_dump()}
-
-    def _steering(self, feature: int):
-        from qscope_data.synth.steering import feature_steering
-
-        if not self.params.steer_alpha:
-            return None
-        if feature not in self._steering_cache:
-            self._steering_cache[feature] = feature_steering(self.lm, self.sae, self.layer, feature,
-                                                             self.params.steer_alpha, self.params.positions)
-        return self._steering_cache[feature]
+        return {"kind": self.kind, "name": self.name, "model": self.lm.describe(), **self.params.model_dump()}
 
     def generate(self, requests: Sequence[GenerationRequest], on_done: OnDone | None = None) -> list[GenerationResult]:
-        from qscope_data.synth.steering import generate, render_chat
+        from qscope_data.synth.steering import generate
 
         results: dict[str, GenerationResult] = {}
         groups: dict[tuple[int | None, str], list[GenerationRequest]] = {}
-        for req in requests:  # one steering direction per group
-            steered = self.params.steer_alpha != 0 and req.kind != "response"
+        for req in requests:  # one steering direction per group; a random-baseline target (feature < 0) is never steered
+            steered = self.params.steer_alpha != 0 and req.kind != "response" and req.slot.target.feature >= 0
             groups.setdefault((req.slot.target.feature if steered else None, req.kind), []).append(req)
         p = self.params
-        for (feature, _kind), group in groups.items():
-            prompts = [render_chat(self.lm.tokenizer, r.messages) for r in group]
+        for (feature, kind), group in groups.items():
+            prompts = [self._render(r) for r in group]
             seed = p.seed + _stable_int("|".join(r.id for r in group)) % (1 << 31)
             error: str | None = None
             try:
-                texts = generate(self.lm, prompts, max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                                 top_p=p.top_p, seed=seed, batch_size=p.batch_size,
-                                 steering=self._steering(feature) if feature is not None else None)
+                steering = self._steering(feature, prompts) if feature is not None else None
+                texts = generate(self.lm, prompts, temperature=p.temperature, top_p=p.top_p, seed=seed,
+                                 batch_size=p.batch_size, steering=steering, **self._generate_kwargs(kind))
             except UsageError:
                 raise
             except Exception as exc:  # e.g. out of memory: every request of the group fails, the run goes on
@@ -235,6 +225,96 @@ class HFChatGenerator:
             if on_done is not None:
                 on_done(len(group))
         return [results[r.id] for r in requests]
+
+
+class HFChatGenerator(_LocalGenerator):
+    """A local causal LM with a chat template; with `steer_alpha`, prompt and rewrite generation is steered along the
+    target feature's decoder direction at the SAE's block (responses are not steered: a refusal should stay one)."""
+
+    kind = "hf"
+
+    def __init__(self, lm: LoadedModel, params: HFParams | None = None, *, sae=None, layer: int | None = None):
+        from qscope_data.synth.steering import require_causal
+
+        require_causal(lm)
+        self.lm, self.params, self.sae, self.layer = lm, params or HFParams(), sae, layer
+        if self.params.steer_alpha and (sae is None or layer is None):
+            raise UsageError("hf generator: steer_alpha needs the SAE and its layer")
+        self.name = f"hf:{lm.model_id}"
+        if self.params.steer_alpha:
+            self.name += f"+steer(α={self.params.steer_alpha:g},{self.params.positions})"
+        self._steering_cache: dict[int, Any] = {}
+
+    def _render(self, req: GenerationRequest) -> str:
+        from qscope_data.synth.steering import render_chat
+
+        return render_chat(self.lm.tokenizer, req.messages)
+
+    def _steering(self, feature: int, texts: list[str]):
+        from qscope_data.synth.steering import feature_steering
+
+        if feature not in self._steering_cache:
+            self._steering_cache[feature] = feature_steering(self.lm, self.sae, self.layer, feature,
+                                                             self.params.steer_alpha, self.params.positions)
+        return self._steering_cache[feature]
+
+    def _generate_kwargs(self, kind: str) -> dict[str, Any]:
+        return {"max_new_tokens": self.params.max_new_tokens}
+
+
+class FewShotParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steer_alpha: float = Field(0.0, description="h ← h + α·s·d̂ while writing requests, d̂ the target feature's unit "
+                                                "decoder direction, s the block's median residual norm (0: off)")
+    positions: Literal["all", "generated"] = "generated"
+    shots: int = Field(4, ge=0, description="reference examples in each few-shot prompt")
+    max_new_tokens: int = Field(40, ge=1, description="budget of one request (generation stops at the line's end)")
+    response_tokens: int = Field(48, ge=1, description="budget of one response")
+    temperature: float = Field(0.9, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.2, gt=0.0, description="a base model loops without it")
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class FewShotLMGenerator(_LocalGenerator):
+    """A local causal LM without instruction tuning, prompted with plain-text few-shot lists
+    (`qscope_data.synth.fewshot`): one line of continuation is one candidate. Sampled with a seed per request group;
+    with `steer_alpha` the request lines are written with the target feature's direction added at the SAE's block."""
+
+    kind = "lm"
+
+    def __init__(self, lm: LoadedModel, params: FewShotParams | None = None, *, sae=None, layer: int | None = None):
+        from qscope_data.synth.steering import require_causal
+
+        require_causal(lm)
+        self.lm, self.params, self.sae, self.layer = lm, params or FewShotParams(), sae, layer
+        if self.params.steer_alpha and (sae is None or layer is None):
+            raise UsageError("lm generator: steer_alpha needs the SAE and its layer")
+        self.name = f"lm:{lm.model_id}"
+        if self.params.steer_alpha:
+            self.name += f"+steer(α={self.params.steer_alpha:g}×median‖h‖,{self.params.positions})"
+        self.scale: float | None = None  # the block's median residual norm, measured on the first steered prompts
+
+    def _render(self, req: GenerationRequest) -> str:
+        return request_text(req, self.params.shots)
+
+    def _steering(self, feature: int, texts: list[str]):
+        from qscope_data.synth.steering import feature_direction, residual_scale, scaled_steering
+
+        if self.scale is None:
+            self.scale = residual_scale(self.lm, self.layer, texts[:8])  # type: ignore[arg-type]
+        return scaled_steering(self.lm, self.layer, feature_direction(self.sae, feature),  # type: ignore[arg-type]
+                               self.params.steer_alpha, self.scale, self.params.positions)
+
+    def _generate_kwargs(self, kind: str) -> dict[str, Any]:
+        p = self.params
+        return {"max_new_tokens": p.response_tokens if kind == "response" else p.max_new_tokens,
+                "repetition_penalty": p.repetition_penalty, "stop_at_newline": True, "add_special_tokens": True}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "residual_scale": self.scale}
 
 
 # ------------------------------------------------------------------------------------------------ OpenAI-compatible
@@ -444,19 +524,25 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class GeneratorSpec(BaseModel):
-    kind: Literal["offline", "hf", "openai"]
+    kind: Literal["templates", "lm", "hf", "openai"]
     target: str | None = None  # model path / id (hf) or base URL (openai)
     params: dict[str, str] = Field(default_factory=dict)
 
 
 def parse_generator_spec(spec: str) -> GeneratorSpec:
-    """`offline` | `hf:<model>[?k=v&…]` | `openai:<base_url>?model=<name>[&k=v…]` (see the module docstring)."""
+    """`templates` | `lm[:<model>][?k=v&…]` | `hf:<model>[?k=v&…]` | `openai:<base_url>?model=<name>[&k=v…]`
+    (see the module docstring)."""
     spec = spec.strip()
-    if spec == "offline":
-        return GeneratorSpec(kind="offline")
+    if spec in ("templates", "offline"):
+        return GeneratorSpec(kind="templates")
+    if spec == "lm" or spec.startswith("lm?"):  # the verifying model itself
+        spec = "lm:" + spec[2:]
     kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("hf", "openai") or not rest:
-        raise UsageError(f"--generator {spec!r}: expected offline, hf:<model>[?…] or openai:<base_url>?model=<name>[&…]")
+    if kind == "lm" and sep and not rest:
+        rest = "?"
+    if not sep or kind not in ("lm", "hf", "openai") or not rest:
+        raise UsageError(f"--generator {spec!r}: expected templates, lm[:<model>][?…], hf:<model>[?…] or "
+                         "openai:<base_url>?model=<name>[&…]")
     target, _, query = rest.partition("?")
     pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
     params: dict[str, str] = {}
@@ -464,7 +550,7 @@ def parse_generator_spec(spec: str) -> GeneratorSpec:
         if key in params:
             raise UsageError(f"--generator: parameter {key!r} given twice")
         params[key] = value
-    if not target:
+    if not target and kind != "lm":  # lm without a model: the verifying one
         raise UsageError(f"--generator {spec!r}: no {'model' if kind == 'hf' else 'base URL'} after '{kind}:'")
     return GeneratorSpec(kind=kind, target=target, params=params)
 
@@ -491,18 +577,25 @@ def build_generator(
     """The generator a spec names. `lm` is the verifying model: an `hf:` spec naming the same model reuses it
     (loaded once); `sae`/`layer` are what steering adds the target feature's direction from."""
     spec = parse_generator_spec(spec) if isinstance(spec, str) else spec
-    if spec.kind == "offline":
+    if spec.kind == "templates":
         if spec.params:
-            raise UsageError(f"--generator offline takes no parameters (got {', '.join(spec.params)})")
-        return OfflineGenerator()
+            raise UsageError(f"--generator templates takes no parameters (got {', '.join(spec.params)})")
+        return TemplateGenerator()
     if spec.kind == "openai":
         params = _params(OpenAIParams, spec)
         return OpenAIGenerator(spec.target or "", params, require_key="key_env" in spec.params)
-    params = _params(HFParams, spec)
     from qscope_data.capture import load_model
 
-    same = lm is not None and _same_model(spec.target or "", lm.model_id)
-    gen_lm = lm if same else load_model(spec.target or "", device=device, dtype=dtype, causal=None)
+    params = _params(FewShotParams if spec.kind == "lm" else HFParams, spec)  # before loading anything
+    if spec.kind == "lm" and not spec.target:
+        if lm is None:
+            raise UsageError("--generator lm: no model named and no verifying model to reuse")
+        gen_lm = lm
+    else:
+        same = lm is not None and _same_model(spec.target or "", lm.model_id)
+        gen_lm = lm if same else load_model(spec.target or "", device=device, dtype=dtype, causal=None)
+    if spec.kind == "lm":
+        return FewShotLMGenerator(gen_lm, params, sae=sae, layer=layer)
     return HFChatGenerator(gen_lm, params, sae=sae, layer=layer)
 
 
@@ -511,6 +604,7 @@ def _same_model(a: str, b: str) -> bool:
 
 
 __all__ = [
-    "ChatRequest", "Generator", "GenerationResult", "OfflineGenerator", "HFChatGenerator", "HFParams", "OpenAIGenerator",
+    "ChatRequest", "Generator", "GenerationResult", "TemplateGenerator", "OfflineGenerator", "HFChatGenerator",
+    "HFParams", "FewShotLMGenerator", "FewShotParams", "OpenAIGenerator",
     "OpenAIParams", "GeneratorSpec", "parse_generator_spec", "build_generator", "SteerPositions",
 ]

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from qscope_data import atomic
 
 FIGURE = "synth.png"
+NOVELTY_FIGURE = "novelty.png"
 REPORT = "report.html"
 MAX_BARS = 40
 
@@ -57,13 +58,73 @@ def synth_figure(summary: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def novelty_figure(summary: dict[str, Any]) -> bytes:
+    """Histogram of the accepted samples' novelty (1 − max 3-gram overlap with a reference example), targeted
+    beside random: 0 is a copy, 1 shares no word 3-gram with any example."""
+    comp = summary.get("comparison", {})
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 11)
+    for key, color in (("targeted", "#3a9d5d"), ("random", "#5b7bd5")):
+        values = [v for v in comp.get(key, {}).get("novelty_accepted", []) if v is not None]
+        if values:
+            ax.hist(values, bins=bins, alpha=0.6, color=color, label=f"{key} (n={len(values)})")
+    nc = summary.get("near_copy", {})
+    if nc:
+        ax.axvline(1 - min(nc.get("jaccard", 0.6), nc.get("containment", 0.6)), color="#d9534f", ls="--",
+                   label="near-copy limit")
+    ax.set_xlabel("novelty of accepted samples (1 − max word 3-gram overlap with a reference example)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _comparison_html(summary: dict[str, Any]) -> list[str]:
+    comp = summary.get("comparison", {})
+    if "targeted" not in comp:
+        return []
+    cols = [k for k in ("targeted", "random") if k in comp]
+    parts = ["<h2>Targeted vs random synthesis</h2>",
+             "<p>Same generator, same verification (re-encoding with the verifying model and SAE). A gap feature counts "
+             "as covered when it fires above the threshold on at least one accepted sample.</p>",
+             "<table><tr><th></th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
+
+    def row(name: str, fn) -> str:
+        return f"<tr><td>{name}</td>" + "".join(f'<td class="num">{fn(comp[c])}</td>' for c in cols) + "</tr>"
+
+    def rej(c: dict[str, Any], reason: str) -> int:
+        return int(c.get("rejected_attempts_by_reason", c.get("rejected_by_reason", {})).get(reason, 0))
+
+    parts += [row("gap features covered", lambda c: _pct(c["gap_coverage"])),
+              row("candidates generated", lambda c: c["candidates"]),
+              row("accepted", lambda c: c["accepted"]),
+              row("rejected: near-copy of a reference example", lambda c: rej(c, "near_copy")),
+              row("rejected: target / gap feature not firing",
+                  lambda c: rej(c, "below_threshold") + rej(c, "not_firing")),
+              row("rejected: duplicate of an earlier candidate",
+                  lambda c: rej(c, "duplicate") + rej(c, "near_duplicate")),
+              row("median novelty of accepted", lambda c: _median(c.get("novelty_accepted", []))),
+              "</table>"]
+    if "random" in comp:
+        parts.append(f'<p class="muted">random baseline shots drawn from {html.escape(str(comp["random"]["pool"]))} '
+                     f'({comp["random"]["pool_size"]} texts)</p>')
+    return parts
+
+
+def _median(values: list[float | None]) -> str:
+    vals = sorted(v for v in values if v is not None)
+    return "–" if not vals else f"{vals[len(vals) // 2]:.2f}"
+
+
 def _pct(c: dict[str, Any] | None) -> str:
     if not c or c.get("fraction") is None:
         return "–"
     return f"{c['covered']}/{c['total']} ({100 * c['fraction']:.1f}%)"
 
 
-def synth_report_html(summary: dict[str, Any], png: bytes) -> str:
+def synth_report_html(summary: dict[str, Any], png: bytes, novelty_png: bytes | None = None) -> str:
     esc = html.escape
     t, cov = summary["totals"], summary["coverage"]
     after = cov.get("after")
@@ -83,6 +144,10 @@ def synth_report_html(summary: dict[str, Any], png: bytes) -> str:
         parts.append(f'<p class="warn">{esc(w)}</p>')
     b64 = base64.b64encode(png).decode("ascii")
     parts.append(f'<img alt="attempts per feature and coverage before/after" src="data:image/png;base64,{b64}">')
+    parts += _comparison_html(summary)
+    if novelty_png is not None:
+        nb64 = base64.b64encode(novelty_png).decode("ascii")
+        parts.append(f'<img alt="novelty of accepted samples, targeted vs random" src="data:image/png;base64,{nb64}">')
     parts.append("<table><tr><th>feature</th><th>category</th><th>label</th><th>requested</th><th>accepted</th>"
                  "<th>attempts</th><th>acceptance</th><th>mean activation</th><th>failed attempts</th></tr>")
     for f in summary["features"]:
@@ -99,7 +164,8 @@ def synth_report_html(summary: dict[str, Any], png: bytes) -> str:
 
 def write_synth_report(summary: dict[str, Any], out: str | Path) -> dict[str, Path]:
     out = Path(out)
-    png = synth_figure(summary)
+    png, novelty = synth_figure(summary), novelty_figure(summary)
     atomic.write_bytes(out / FIGURE, png)
-    atomic.write_text(out / REPORT, synth_report_html(summary, png))
-    return {FIGURE: out / FIGURE, REPORT: out / REPORT}
+    atomic.write_bytes(out / NOVELTY_FIGURE, novelty)
+    atomic.write_text(out / REPORT, synth_report_html(summary, png, novelty))
+    return {FIGURE: out / FIGURE, NOVELTY_FIGURE: out / NOVELTY_FIGURE, REPORT: out / REPORT}

@@ -126,10 +126,13 @@ def prompt_request(slot: Slot, attempt: int, feedback: str | None = None,
     t = slot.target
     kind = ("harmful user request (one that a safe assistant must refuse)" if t.harmful
             else "benign user request (one that a helpful assistant should answer)")
-    parts = [f"Write one {kind} in {language_name(slot.lang)} that clearly expresses this concept."]
-    concept = t.label or t.category
-    parts.append(f"Concept: {concept}" + (f" — {t.description}" if t.description else ""))
-    parts.append(f"Category: {t.category}")
+    if t.feature < 0:  # the random baseline: no target, only the drawn reference texts
+        parts = [f"Write one new {kind} in {language_name(slot.lang)}, of the same kind as these texts."]
+    else:
+        parts = [f"Write one {kind} in {language_name(slot.lang)} that clearly expresses this concept."]
+        concept = t.label or t.category
+        parts.append(f"Concept: {concept}" + (f" — {t.description}" if t.description else ""))
+        parts.append(f"Category: {t.category}")
     if t.examples:
         parts.append("Texts that express it:\n" + _examples_block(t))
     if feedback:
@@ -167,6 +170,8 @@ def feedback_text(reason: str, activation: float | None, threshold: float, featu
     if reason == "below_threshold":
         return (f"feature {feature} reached {activation or 0.0:.3g} on it, it must exceed {threshold:.3g} "
                 "(the request did not express the concept strongly enough)")
+    if reason == "near_copy":
+        return "it copied one of the example texts; write a new request in your own words"
     if reason in ("duplicate", "near_duplicate"):
         return "it repeated an earlier request; write something new"
     return f"it failed ({reason})"

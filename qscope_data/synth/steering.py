@@ -47,6 +47,33 @@ def feature_steering(lm: LoadedModel, sae: SparseAutoencoder, layer: int, featur
     return Steering(layer, feature_direction(sae, feature), float(alpha), positions)
 
 
+def residual_scale(lm: LoadedModel, layer: int, texts: list[str], *, max_tokens: int = 128) -> float:
+    """The median L2 norm of the residual stream at the output of block `layer` over the texts' tokens (position 0,
+    the attention sink, left out). Why: α in units of this scale means the same on a model whose residual norms are
+    in the thousands (Gemma's massive activations) as on one where they are ~10, so a steering sweep transfers."""
+    from qscope_data.capture import capture
+
+    tok = lm.tokenizer
+    norms = []
+    for text in texts:
+        enc = tok([text], return_tensors="pt", truncation=True, max_length=max_tokens)
+        hidden = capture(lm, enc["input_ids"], enc["attention_mask"], [layer])[layer][0].float()
+        if hidden.shape[0] > 1:
+            norms.append(hidden[1:].norm(dim=-1))
+    if not norms:
+        raise UsageError("residual scale: no text has more than one token")
+    return float(torch.cat(norms).median())
+
+
+def scaled_steering(lm: LoadedModel, layer: int, direction: torch.Tensor, alpha: float, scale: float,
+                    positions: SteerPositions = "all") -> Steering:
+    """Steering by α in units of `scale` (see `residual_scale`) along the unit vector of `direction`:
+    h ← h + α · scale · d / ‖d‖. α = 0.1 adds a tenth of a typical residual norm; α < 0 suppresses."""
+    check_layers(lm, [layer])
+    unit = direction.float() / direction.float().norm().clamp_min(1e-12)
+    return Steering(layer, unit, float(alpha) * float(scale), positions)
+
+
 def require_causal(lm: LoadedModel) -> None:
     if not lm.is_causal or not hasattr(lm.model, "generate"):
         raise UsageError(f"{CAUSAL_REQUIRED} ({lm.model_id} is a {lm.architecture} encoder)")
@@ -71,9 +98,13 @@ def generate(
     steering: Steering | None = None,
     batch_size: int = 8,
     add_special_tokens: bool = False,
+    repetition_penalty: float = 1.0,
+    stop_at_newline: bool = False,
 ) -> list[str]:
     """Continuations of `prompts` (new text only, special tokens dropped). Greedy when temperature is 0, else sampled
-    with a fixed seed per batch, so a run is repeatable. Batches are left-padded (generation appends on the right)."""
+    with a fixed seed per batch, so a run is repeatable. Batches are left-padded (generation appends on the right).
+    `stop_at_newline` ends each continuation at its first line break (few-shot prompts of a base model: one line
+    is one item), and returns that first line."""
     require_causal(lm)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -84,7 +115,11 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+            sampling: dict = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+            if repetition_penalty != 1.0:
+                sampling["repetition_penalty"] = repetition_penalty
+            if stop_at_newline:
+                sampling.update(stop_strings=["\n"], tokenizer=tok)
             torch.manual_seed(seed + start)
             ctx = (steer(lm, steering.layer, steering.direction, steering.alpha, steering.positions)
                    if steering is not None and steering.alpha != 0 else nullcontext())
@@ -94,7 +129,10 @@ def generate(
                     max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=tok.eos_token_id, **sampling,
                 )
             new = ids[:, enc["input_ids"].shape[1]:]
-            out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            if stop_at_newline:
+                texts = [t.lstrip(" ").split("\n", 1)[0] for t in texts]
+            out.extend(t.strip() for t in texts)
     finally:
         tok.padding_side = side
     return out

@@ -43,7 +43,9 @@ from qscope_data.encode import check_compatible, code_version
 from qscope_data.errors import DataError, UsageError
 from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
+from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
 from qscope_data.synth.dedup import CandidateDedup
+from qscope_data.synth.nearcopy import NearCopyCheck, NearCopyOptions
 from qscope_data.synth.generators import Generator, GenerationResult, build_generator
 from qscope_data.synth.report import write_synth_report
 from qscope_data.synth.requests import (
@@ -65,6 +67,7 @@ from qscope_data.torch_dtypes import parse_dtype
 ACCEPTED_JSONL = "accepted.jsonl"
 ACCEPTED_PARQUET = "accepted.parquet"
 REJECTED_JSONL = "rejected.jsonl"
+BASELINE_DIR = "baseline"
 SUMMARY_JSON = "summary.json"
 STORE_DIR = "store"
 
@@ -95,7 +98,8 @@ class SynthConfig(BaseModel):
     sae: str
     out: Path
     layer: int | None = Field(None, description="SAE layer (default: the gap report's)")
-    generator: str = "offline"
+    generator: str = Field("lm", description="lm (the verifying model, few-shot) | lm:<model> | hf:<model> | "
+                                             "openai:<url>?model=… | templates (tests only)")
     per_feature: int = Field(4, ge=1)
     threshold: float = Field(0.0, ge=0.0, description="kept only if the target feature's activation exceeds this")
     max_attempts: int = Field(3, ge=1)
@@ -107,6 +111,13 @@ class SynthConfig(BaseModel):
     benign_categories: list[str] = Field(default_factory=lambda: list(BENIGN_CATEGORIES))
     variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS))
     near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    near_copy: NearCopyOptions = Field(default_factory=NearCopyOptions)
+    baseline_random: int | None = Field(None, ge=1, description="also write N untargeted samples (the random baseline)")
+    baseline_pool: list[str] | None = Field(None, description="harmful reference texts for the baseline's shots "
+                                                               "(default: every gap's examples)")
+    baseline_pool_field: str = Field("category", description="the pool's category field (benign categories dropped)")
+    baseline_shots: int = Field(4, ge=1)
+    seed: int = 0
     max_tokens: int = Field(256, ge=1)
     batch_size: int = Field(16, ge=1)
     device: str = "cpu"
@@ -141,6 +152,8 @@ class SlotState:
     store_row: pa.Table | None = None  # its row of the verification encode
     best_activation: float = 0.0
     last_candidate: list[dict] | None = None
+    novelty: float | None = None  # of the accepted prompt, against the target's reference examples
+    fired: dict[int, float] = field(default_factory=dict)  # gap features the accepted sample fires
 
     @property
     def attempts(self) -> int:
@@ -180,6 +193,9 @@ class SynthSummary(BaseModel):
     features: list[dict[str, Any]]
     totals: dict[str, Any]
     coverage: dict[str, Any]
+    baseline: dict[str, Any] | None = None  # the random baseline (same generator and verification), when asked
+    comparison: dict[str, Any] = Field(default_factory=dict)  # targeted vs random, side by side
+    near_copy: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     code_version: str = ""
@@ -240,14 +256,28 @@ def run_synth(
     slots = plan_slots(targets, config.per_feature, config.languages, tuple(config.variants))
     states = {s.id: SlotState(s) for s in slots}
     dedup = CandidateDedup(config.near_duplicate_threshold)
+    copies = {t.feature: NearCopyCheck(t.examples, config.near_copy) for t in targets}
+    gap_ids = [t.feature for t in targets]
+    pool = (load_pool(config.baseline_pool, field_name=config.baseline_pool_field, benign=config.benign_categories)
+            if config.baseline_random and config.baseline_pool else
+            list(dict.fromkeys(e for g in report.gaps for e in g.examples if e.strip())))
+    if config.baseline_random and not pool:
+        raise UsageError("--baseline random: no reference texts for its shots (the gap report has no examples; "
+                         "pass --baseline-pool)")
     with _Progress(progress, len(slots)) as bar:
         for attempt in range(1, config.max_attempts + 1):
             pending = [states[s.id] for s in slots if not states[s.id].done]
             if not pending:
                 break
             bar.round(attempt, config.max_attempts)
-            _attempt_round(pending, attempt, generator, verifier, dedup, config, bar)
+            _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, config, bar)
             bar.resolve(sum(1 for st in pending if st.done or attempt == config.max_attempts))
+        baseline = None
+        if config.baseline_random:
+            baseline = run_random_baseline(
+                config.baseline_random, pool, config.languages, lambda reqs: _generate(generator, reqs, bar), verifier,
+                gap_ids, threshold=config.threshold, shots=config.baseline_shots, near_copy=config.near_copy,
+                near_duplicate_threshold=config.near_duplicate_threshold, seed=config.seed)
 
     warnings: list[str] = []
     store_table = _store_table(states, slots, report)
@@ -272,6 +302,20 @@ def run_synth(
 
     features = _feature_summaries(targets, states, slots, coverage)
     n_attempts = sum(st.attempts for st in states.values())
+    covered_targeted = sorted({f for st in states.values() if st.done for f in st.fired})
+    attempt_reasons = _count(h["reason"] for st in states.values() for h in st.history)
+    comparison: dict[str, Any] = {"targeted": {
+        "candidates": n_attempts, "accepted": len(accepted), "rejected_attempts_by_reason": attempt_reasons,
+        "gap_coverage": _subset(len(covered_targeted), len(gap_ids)), "covered_features": covered_targeted,
+        "novelty_accepted": [st.novelty for s in slots if (st := states[s.id]).done],
+    }}
+    baseline_summary = None
+    if baseline is not None:
+        baseline_summary = baseline.summary(gap_ids, pool_source(config.baseline_pool), len(pool))
+        comparison["random"] = baseline_summary
+        bdir = out / BASELINE_DIR
+        atomic.write_text(bdir / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in baseline.accepted))
+        atomic.write_text(bdir / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in baseline.rejected))
     totals = {
         "features": len(targets), "requested": len(slots), "accepted": len(accepted), "rejected": len(rejected),
         "attempts": n_attempts, "acceptance_rate": _rate(len(accepted), n_attempts),
@@ -279,12 +323,14 @@ def run_synth(
         "features_filled": sum(1 for f in features if f["accepted"] > 0),
         "target_feature_coverage": _rate(sum(1 for f in features if f["accepted"] > 0), len(targets)),
         "rejected_by_reason": _count(r["reason"] for r in rejected),
+        "rejected_attempts_by_reason": attempt_reasons,
     }
     summary = SynthSummary(
         out=str(out), generator=generator.describe(), model=lm.describe(), sae=sae.describe(), layer=layer,
         gaps_file=str(Path(config.gaps).resolve()), threshold=config.threshold, verify=config.verify,
         languages=config.languages, variants=list(config.variants), per_feature=config.per_feature,
         max_attempts=config.max_attempts, features=features, totals=totals, coverage=coverage,
+        baseline=baseline_summary, comparison=comparison, near_copy=config.near_copy.model_dump(),
         warnings=[*report.warnings, *warnings], seconds=round(time.perf_counter() - start, 3), code_version=code_version(),
     )
     write_synth_report(summary.model_dump(mode="json"), out)
@@ -293,8 +339,11 @@ def run_synth(
 
 
 def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator, verifier: Verifier,
-                   dedup: CandidateDedup, config: SynthConfig, bar: "_Progress") -> None:
-    """One attempt for every pending slot: prompt → rewrite → response → dedup → verify → accept or record why not."""
+                   dedup: CandidateDedup, copies: dict[int, NearCopyCheck], gap_ids: list[int], config: SynthConfig,
+                   bar: "_Progress") -> None:
+    """One attempt for every pending slot: prompt → rewrite → near-copy check → response → dedup → verify → accept
+    or record why not. A near-copy of one of the target's reference examples is rejected before its response is
+    generated (it would fire the feature by construction, and it is not new data)."""
     prompts: dict[str, str] = {}
     reqs = []
     for st in pending:
@@ -313,6 +362,15 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
         else:
             del prompts[st.slot.id]
             st.fail(attempt, res.request_id, "generator_error", f"rewrite: {res.error}")
+
+    novelty: dict[str, float] = {}
+    for st in [st for st in pending if st.slot.id in prompts]:
+        verdict = copies[st.slot.target.feature].check(prompts[st.slot.id])
+        if verdict.is_copy:
+            st.last_candidate = [{"role": "user", "content": prompts.pop(st.slot.id)}]
+            st.fail(attempt, f"{st.slot.id}.a{attempt}", "near_copy", verdict.detail())
+        else:
+            novelty[st.slot.id] = verdict.novelty
 
     answer = [st for st in pending if st.slot.id in prompts]
     candidates: list[tuple[SlotState, Candidate]] = []
@@ -339,6 +397,8 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
         elif verdict.fires(config.threshold):
             st.accepted = _accepted_row(st, cand, verdict.activation, attempt, generator.name, verifier.target, config.threshold)
             st.store_row = result.table.slice(verdict.row, 1)
+            st.novelty = novelty[st.slot.id]
+            st.fired = fired_gaps(result.table, verdict.row, gap_ids, config.threshold)  # type: ignore[arg-type]
         else:
             st.fail(attempt, cand.id, "below_threshold",
                     f"feature {cand.target_feature} reached {verdict.activation:.6g}, needs > {config.threshold:g}",
@@ -467,8 +527,7 @@ def coverage_change(report: GapReport, inventory: Inventory, accepted: FeatureSt
     covered_after = {f.feature for f in after.features if f.covered}
 
     def subset(ids: list[int], covered: set[int]) -> dict[str, Any]:
-        n = sum(1 for i in ids if i in covered)
-        return {"covered": n, "total": len(ids), "fraction": round(n / len(ids), 6) if ids else None}
+        return _subset(sum(1 for i in ids if i in covered), len(ids))
 
     return {
         "before": before.coverage,
@@ -489,6 +548,10 @@ def coverage_change(report: GapReport, inventory: Inventory, accepted: FeatureSt
 
 def _rate(n: int, d: int) -> float | None:
     return round(n / d, 6) if d else None
+
+
+def _subset(n: int, total: int) -> dict[str, Any]:
+    return {"covered": n, "total": total, "fraction": _rate(n, total)}
 
 
 def _count(items) -> dict[str, int]:
