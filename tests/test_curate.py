@@ -79,7 +79,8 @@ def test_every_record_once_drop_hits_removed_flags_kept(case):
     assert m["inputs"]["scores"]["summary_sha256"] == atomic.sha256_file(case["scores"] / "summary.json")
     assert m["inputs"]["synth"][0]["summary_sha256"] == atomic.sha256_file(case["synth"] / "summary.json")
     assert m["model"]["id"] == "tiny/qwen3-test" and m["saes"][0]["source"] == "tiny/SAE-Res-Tiny-W1K-L0_16"
-    assert m["rule_files"] == {"rules/test.yaml": "1" * 64} and m["options"]["dedup"]["threshold"] == 0.8
+    rule_file = case["scores"] / "rules.yaml"
+    assert m["rule_files"] == {str(rule_file): atomic.sha256_file(rule_file)} and m["options"]["dedup"]["threshold"] == 0.8
 
 
 def test_dataset_card_loads_with_datasets(case):

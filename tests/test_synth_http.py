@@ -68,6 +68,9 @@ class ChatServer:
                         return self._send(action[1], {"error": {"message": "scripted failure"}}, headers)
                     if action[0] == "echo-auth":
                         return self._send(400, {"error": {"message": f"bad header {self.headers.get('Authorization')}"}})
+                    if action[0] == "echo-auth-200":  # a completion that repeats the caller's key
+                        return self._send(200, {"choices": [{"index": 0, "message": {
+                            "role": "assistant", "content": f"sure, your header was {self.headers.get('Authorization')}"}}]})
                     if action[0] == "slow":
                         time.sleep(action[1])
                     time.sleep(0.02)  # a little service time, so requests overlap
@@ -235,3 +238,24 @@ def test_synth_over_http_accounts_for_every_slot_and_never_writes_the_key(world,
             assert KEY.encode() not in path.read_bytes(), path
     captured = capfd.readouterr()
     assert KEY not in caplog.text and KEY not in captured.out and KEY not in captured.err
+
+
+def test_a_completion_echoing_the_key_is_scrubbed_and_oversized_bodies_refused(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    reqs = requests_for(2)
+    with ChatServer(lambda rid, n: ("echo-auth-200",)) as server:
+        results = OpenAIGenerator(server.base_url, OpenAIParams(model="m", key_env=KEY_ENV)).generate(reqs)
+        small = OpenAIGenerator(server.base_url, OpenAIParams(model="m", key_env=KEY_ENV, max_completion_bytes=10))
+        refused = small.generate(reqs[:1])
+    assert server.auth[0] == f"Bearer {KEY}"
+    assert all(r.ok and KEY not in r.text and "***" in r.text for r in results)
+    assert not refused[0].ok and "exceeds max_completion_bytes=10" in refused[0].error
+
+
+def test_default_key_goes_only_to_openai(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with ChatServer(lambda rid, n: ("ok",)) as server:
+        gen = OpenAIGenerator(server.base_url, OpenAIParams(model="m"))  # no key_env: a third-party URL
+        assert all(r.ok for r in gen.generate(requests_for(2)))
+    assert server.auth and all(a is None for a in server.auth)
+    assert OpenAIGenerator("https://api.openai.com/v1", OpenAIParams(model="m"))._key == KEY

@@ -61,17 +61,23 @@ def curate(
 
 
 @manifest_app.command("verify")
-def verify(out: Path = typer.Argument(..., help="Curated dataset folder (from `qscope curate`).")) -> None:
+def verify(out: Path = typer.Argument(..., help="Curated dataset folder (from `qscope curate`) or feature store (from `qscope encode`).")) -> None:
     """Recompute every listed file's sha256, size and row count; exit 1 on any mismatch."""
     from qscope_data.curate.manifest import load_manifest, verify as verify_dataset
+    from qscope_data.store import FeatureStore, is_feature_store
 
-    problems = verify_dataset(out)
+    if is_feature_store(out):
+        store = FeatureStore(out, check=False)  # list every problem rather than stop at the first
+        problems, n_files = store.problems(verify=True), len(store.manifest.shards)
+    else:
+        problems = verify_dataset(out)
+        n_files = 0 if problems else len(load_manifest(out).files())
     for line in problems:
         print(line)
     if problems:
         print(f"{out}: {len(problems)} problem(s)")
         raise typer.Exit(1)
-    print(f"{out}: OK ({len(load_manifest(out).files())} files match manifest.json)")
+    print(f"{out}: OK ({n_files} files match manifest.json)")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,8 +9,10 @@ never raising for one failed request, so the synthesis loop can record it, retry
     hf:<model folder or hub id>[?steer_alpha=4&positions=generated&max_new_tokens=128&temperature=0.7]
     openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4&timeout=60&max_retries=4&temperature=0.8]
 
-The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY), sent only as a
-Bearer header, and scrubbed from every error message; it is never logged or written.
+The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY, which is sent only to
+api.openai.com: another base URL gets a key only when the spec names key_env), sent only as a Bearer header, and
+scrubbed from every error message and every completion before anything is written; it is never logged or written.
+A response body over `max_completion_bytes` (default 1 MiB) is that request's error, never parsed.
 """
 
 from __future__ import annotations
@@ -243,10 +245,12 @@ class OpenAIParams(BaseModel):
     temperature: float = Field(0.8, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
+    max_completion_bytes: int = Field(1 << 20, ge=1, description="a longer response body is refused, not parsed")
     seed: int | None = None
 
 
 RETRY_STATUS = {408, 409, 425, 429}
+OPENAI_HOST = "api.openai.com"
 
 
 class OpenAIGenerator:
@@ -265,7 +269,11 @@ class OpenAIGenerator:
         self.base_url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         self.url = self.base_url + "/chat/completions"
         self.params = params
-        self._key = os.environ.get(params.key_env) or None
+        # A key goes only where it was configured for: the default OPENAI_API_KEY only to OpenAI's own host; any
+        # other base URL gets a key only when the spec names its variable (key_env=…).
+        named = require_key or "key_env" in params.model_fields_set
+        default_ok = named or (parts.hostname or "").lower() == OPENAI_HOST
+        self._key = (os.environ.get(params.key_env) or None) if default_ok else None
         if self._key is None and require_key:
             raise UsageError(f"openai generator: environment variable {params.key_env} is not set (it holds the API key)")
         self.name = f"openai:{params.model}@{self.base_url}"
@@ -275,6 +283,10 @@ class OpenAIGenerator:
         p = self.params.model_dump()
         p["key"] = "set" if self._key else "none"  # never the key itself
         return {"kind": "openai", "name": self.name, "url": self.url, **p}
+
+    def scrub_key(self, text: str) -> str:
+        """`text` with the configured key replaced by *** (for generated text: a server that echoes it)."""
+        return text.replace(self._key, "***") if self._key else text
 
     def scrub(self, text: str) -> str:
         """`text` with the API key (and any Bearer token) replaced by ***."""
@@ -349,10 +361,13 @@ class OpenAIGenerator:
             except httpx.TransportError as exc:
                 error, retryable = f"connection error: {type(exc).__name__}: {exc}", True
             else:
-                if resp.status_code == 200:
+                if resp.status_code == 200 and len(resp.content) > p.max_completion_bytes:
+                    error, retryable = (f"response of {len(resp.content):,} bytes exceeds max_completion_bytes="
+                                        f"{p.max_completion_bytes:,}"), False
+                elif resp.status_code == 200:
                     text, problem = _completion_text(resp)
-                    if text is not None:
-                        return GenerationResult(req.id, text, tries=attempt + 1)
+                    if text is not None:  # scrubbed before anything can write it
+                        return GenerationResult(req.id, self.scrub_key(text), tries=attempt + 1)
                     error, retryable = problem or "no text", False
                 else:
                     snippet = " ".join(resp.text.split())[:200]

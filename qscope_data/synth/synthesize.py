@@ -250,6 +250,13 @@ def run_synth(
             bar.resolve(sum(1 for st in pending if st.done or attempt == config.max_attempts))
 
     warnings: list[str] = []
+    # The accepted samples first: the verification store records their hashes, so a consumer (curate) can tell
+    # that the samples it mixes in are the ones this store verified.
+    accepted = [states[s.id].accepted for s in slots if states[s.id].done]
+    rejected = [_rejected_row(states[s.id], generator.name) for s in slots if not states[s.id].done]
+    atomic.write_text(out / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accepted))
+    atomic.write_parquet(out / ACCEPTED_PARQUET, pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA))
+    atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
     store_table = _store_table(states, slots, report)
     if (out / STORE_DIR).exists():
         shutil.rmtree(out / STORE_DIR)  # ours (an earlier run's accepted store): rewritten whole
@@ -258,17 +265,12 @@ def run_synth(
         saes=[SAEInfo(layer=layer, source=sae.source, format=sae.format, k=sae.k, d_sae=sae.d_sae, d_model=sae.d_model,
                       hook=sae.hook)],
         options=verifier.options.output_options(),
-        inputs={"synth": str(out.resolve()), "gaps": str(Path(config.gaps).resolve()), "generator": generator.name},
+        inputs={"synth": str(out.resolve()), "gaps": str(Path(config.gaps).resolve()), "generator": generator.name,
+                "accepted_sha256": {name: atomic.sha256_file(out / name) for name in (ACCEPTED_JSONL, ACCEPTED_PARQUET)}},
         code_version=code_version(),
     )
     store = write_store(out / STORE_DIR, {layer: store_table}, manifest)
     coverage = coverage_change(report, inventory, store, [t.feature for t in targets], layer, warnings)
-
-    accepted = [states[s.id].accepted for s in slots if states[s.id].done]
-    rejected = [_rejected_row(states[s.id], generator.name) for s in slots if not states[s.id].done]
-    atomic.write_text(out / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accepted))
-    atomic.write_parquet(out / ACCEPTED_PARQUET, pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA))
-    atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
 
     features = _feature_summaries(targets, states, slots, coverage)
     n_attempts = sum(st.attempts for st in states.values())

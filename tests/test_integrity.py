@@ -1,0 +1,142 @@
+"""Integrity (issue 17): no stage reports a success it did not earn; hostile input gets a clear answer and changes
+nothing. Real stores written through the store contract, real Parquet, the CLI in process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_inprocess import qscope
+from rules_stores import labelled_store
+from qscope_data.errors import DataError
+from qscope_data.inputs import Record, iter_records
+from qscope_data.store import FeatureStore
+
+
+def _store(tmp_path: Path) -> FeatureStore:
+    return labelled_store(tmp_path / "store", n=60, layers={6: 1.0})
+
+
+def _split_store(tmp_path: Path) -> Path:
+    """A store of three shards (20 documents each), written through the contract."""
+    from qscope_data.store import write_store
+
+    src = _store(tmp_path)
+    return write_store(tmp_path / "split", {6: src.read(6)}, src.manifest, shard_rows=20).root
+
+
+def _rules(tmp_path: Path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text("rules:\n  - {name: x, when: 'fires(f11)'}\n")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["delete_one", "delete_all", "truncate"])
+def test_store_with_missing_or_changed_shard_is_refused_naming_it(tmp_path, capsys, damage):
+    root = _split_store(tmp_path)
+    shard = root / "layer6" / "part-00001.parquet"
+    if damage == "delete_one":
+        shard.unlink()
+    elif damage == "delete_all":
+        shutil.rmtree(root / "layer6")
+    else:
+        shard.write_bytes(shard.read_bytes()[:-10])
+    code, out, err = qscope("score", "--rules", _rules(tmp_path), "--features", root, "--out", tmp_path / "scores",
+                            "--no-progress", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "part-0000" in err and "manifest.json" in err
+    assert not (tmp_path / "scores").exists()
+
+
+def test_stray_shard_is_never_read(tmp_path):
+    root = _split_store(tmp_path)
+    shutil.copy(root / "layer6" / "part-00000.parquet", root / "layer6" / "part-00099.parquet")
+    frame = FeatureStore(root).read(6)
+    assert frame.height == 60 and frame["doc_id"].n_unique() == 60
+
+
+def test_verify_checks_sha256_and_manifest_verify_lists_it(tmp_path, capsys):
+    root = _split_store(tmp_path)
+    shard = root / "layer6" / "part-00002.parquet"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(data))
+    FeatureStore(root)  # size check only: opens
+    with pytest.raises(DataError, match="part-00002.parquet: sha256"):
+        FeatureStore(root, verify=True)
+    code, out, _ = qscope("manifest", "verify", root, capsys=capsys)
+    assert code == 1 and "part-00002.parquet: sha256" in out
+
+
+@pytest.mark.parametrize("name", ["../outside.parquet", "/etc/hostname"])
+def test_manifest_names_outside_the_folder_are_refused(tmp_path, capsys, name):
+    root = _split_store(tmp_path)
+    (tmp_path / "outside.parquet").write_bytes((root / "layer6" / "part-00000.parquet").read_bytes())
+    m = json.loads((root / "manifest.json").read_text())
+    m["shards"][0]["name"] = name
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="is not a path inside"):
+        FeatureStore(root)
+    code, out, _ = qscope("manifest", "verify", root, capsys=capsys)
+    assert code == 1 and "is not a path inside" in out
+
+
+def test_repeated_ids_never_collide(write_jsonl):
+    path = write_jsonl([{"id": i, "text": f"t{n}"} for n, i in enumerate(["x", "x", "x#2", "x#2", "x"])])
+    ids = [r.doc_id for r in iter_records(path) if isinstance(r, Record)]
+    assert len(set(ids)) == 5 and ids[:3] == ["x", "x#2", "x#2#2"]
+
+
+@pytest.mark.parametrize("line", ['{"id": "a", "text": "bad \\ud800 text"}', '{"id": "b\\udc00", "text": "ok"}',
+                                  '{"id": "c", "text": "ok", "lang": "\\ud83d"}'])
+def test_lone_surrogate_goes_to_rejects_with_file_and_line(write_jsonl, tiny_model_dir, sae_dir, tmp_path, line):
+    from qscope_data.encode import EncodeOptions, run_encode
+
+    path = write_jsonl([{"id": "first", "text": "hello there"}, line, {"id": "last", "text": "good bye"}])
+    summary = run_encode(str(tiny_model_dir("qwen3")), str(sae_dir()), [1], path, tmp_path / "s",
+                         EncodeOptions(max_tokens=16), progress=False)
+    assert (summary.documents, summary.rejected) == (2, 1)
+    [rej] = FeatureStore(tmp_path / "s").rejects()
+    assert rej["line"] == 2 and rej["file"].endswith("input.jsonl") and "lone surrogate" in rej["reason"]
+
+
+# -- curate checks what it was told ----------------------------------------------------------------------------
+
+from curate_corpus import case, make_synth, run  # noqa: E402,F401 (case: fixture)
+
+
+def _curate_refused(case, capsys, needle: str, **kw) -> str:
+    out = case["tmp"] / "out"
+    with pytest.raises(SystemExit) as exc:
+        run(case, out, **kw)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not out.exists()
+    return err
+
+
+def test_curate_refuses_an_input_edited_after_encode(case, capsys):
+    data = case["data"]
+    data.write_text(data.read_text().replace("Question 3?", "Question 3? Now with edited text"))
+    err = _curate_refused(case, capsys, "is not what store")
+    assert str(data) in err and "manifest.json" in err
+
+
+def test_curate_refuses_tampered_synthetic_samples(case, capsys):
+    accepted = case["synth"] / "accepted.jsonl"
+    accepted.write_text(accepted.read_text().replace("Wie backe ich Brot?", "Something else entirely"))
+    err = _curate_refused(case, capsys, "is not what")
+    assert "accepted.jsonl" in err and "store/manifest.json" in err
+
+
+def test_synthetic_samples_meet_the_same_drop_rules(case):
+    make_synth(case["synth"], feature_of={"syn1": [1, 900]})  # f900 fires the `toxic` drop rule
+    out = case["tmp"] / "out"
+    run(case, out)
+    import pyarrow.parquet as pq
+
+    reasons = {r["doc_id"]: r["reason"] for r in pq.read_table(out / "removed.parquet").to_pylist()}
+    assert reasons["syn1"] == "rule:toxic"
