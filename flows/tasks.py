@@ -1,8 +1,10 @@
 """Prefect tasks around the stage functions of `qscope_data.stages`, and the policies every stage shares.
 
 - Cache: a task's key is (stage, the config sections it reads, the bytes of what it reads), from
-  `stages.settings_digest` / `stages.inputs_digest`; results persist under `workdir/.prefect/results`, so the cache
-  lives and dies with the outputs it points at. `resume=False` refreshes the cache (and starts stores over).
+  `stages.settings_digest` / `stages.inputs_digest`; results persist under `workdir/.prefect/results`. A task
+  records its outputs' listing when it finishes (`stages.record_outputs`); a cached result is used only while
+  that listing still holds (an output deleted or changed refreshes the task). `resume=False` refreshes the cache
+  (and starts stores over).
 - Retries: `orchestration.retries` with the backoff list `orchestration.retry_delay_seconds`; a `UsageError`
   (bad config, bad input) is never retried — it would fail the same way.
 - GPU stages (encode, synth) hold a slot of the global concurrency limit `orchestration.gpu_limit`, created with
@@ -52,11 +54,19 @@ def retry_unless_usage_error(task: Task, task_run: Any, state: Any) -> bool:
     return True
 
 
-def configured(t: Task, config: PipelineConfig, resume: bool) -> Task:
-    """The task with the config's retries / backoff and the workdir's result storage."""
+def configured(t: Task, config: PipelineConfig, resume: bool, key: str | None = None) -> Task:
+    """The task with the config's retries / backoff and the workdir's result storage. Its cached result counts only
+    while the outputs it recorded (under `key`, default the task's name) are all there and unchanged."""
     o = config.orchestration
+    intact = stages.outputs_intact(config, key or t.name)
     return t.with_options(retries=o.retries, retry_delay_seconds=list(o.retry_delay_seconds),
-                          result_storage=stages.layout(config).results, refresh_cache=not resume)
+                          result_storage=stages.layout(config).results, refresh_cache=not (resume and intact))
+
+
+def finished(config: PipelineConfig, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Record what the stage's outputs look like now (for `configured`'s check), and pass the result on."""
+    stages.record_outputs(config, key, result["outputs"])
+    return result
 
 
 def ensure_gpu_limit(config: PipelineConfig) -> None:
@@ -103,36 +113,37 @@ _TASK = dict(cache_key_fn=stage_cache_key, persist_result=True, retry_condition_
 def encode_task(config: PipelineConfig, corpus: str, inputs: list[str], executor: stages.Executor | None = None,
                 resume: bool = True) -> dict[str, Any]:
     with gpu_slot(config):
-        return asdict(stages.encode_corpus(config, corpus, executor=executor, resume=resume))
+        return finished(config, f"encode-{corpus}",
+                        asdict(stages.encode_corpus(config, corpus, executor=executor, resume=resume)))
 
 
 @task(name="mine", **_TASK)
 def mine_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
-    return asdict(stages.mine_rules(config, inputs[0]))
+    return finished(config, "mine", asdict(stages.mine_rules(config, inputs[0])))
 
 
 @task(name="score", **_TASK)
 def score_task(config: PipelineConfig, inputs: list[str], store: str, mined: str | None = None) -> dict[str, Any]:
-    return asdict(stages.score_corpus(config, store, mined))
+    return finished(config, "score", asdict(stages.score_corpus(config, store, mined)))
 
 
 @task(name="select", **_TASK)
 def select_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
-    return asdict(stages.select_inventory(config, inputs[0]))
+    return finished(config, "select", asdict(stages.select_inventory(config, inputs[0])))
 
 
 @task(name="gaps", **_TASK)
 def gaps_task(config: PipelineConfig, inputs: list[str], inventory: str, target_store: str) -> dict[str, Any]:
-    return asdict(stages.find_gaps(config, inventory, target_store))
+    return finished(config, "gaps", asdict(stages.find_gaps(config, inventory, target_store)))
 
 
 @task(name="synth", **_TASK)
 def synth_task(config: PipelineConfig, inputs: list[str], gaps_dir: str, inventory: str | None = None) -> dict[str, Any]:
     with gpu_slot(config):
-        return asdict(stages.synthesize_gaps(config, gaps_dir, inventory))
+        return finished(config, "synth", asdict(stages.synthesize_gaps(config, gaps_dir, inventory)))
 
 
 @task(name="curate", **_TASK)
 def curate_task(config: PipelineConfig, inputs: list[str], store: str, scores: str | None = None,
                 synth: str | None = None) -> dict[str, Any]:
-    return asdict(stages.curate_corpus(config, store, scores, synth))
+    return finished(config, "curate", asdict(stages.curate_corpus(config, store, scores, synth)))

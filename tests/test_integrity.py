@@ -140,3 +140,17 @@ def test_synthetic_samples_meet_the_same_drop_rules(case):
 
     reasons = {r["doc_id"]: r["reason"] for r in pq.read_table(out / "removed.parquet").to_pylist()}
     assert reasons["syn1"] == "rule:toxic"
+
+
+@pytest.mark.parametrize("n", [600, 5000])
+def test_a_flat_or_of_many_terms_parses_and_scores(tmp_path, n):
+    from qscope_data.rules.parser import parse
+    from qscope_data.rules.score import score_store
+
+    when = " or ".join(f"fires(f{i % 500})" for i in range(n))
+    assert parse(when) is not None  # no RecursionError
+    root = _split_store(tmp_path)
+    rules = tmp_path / "many.yaml"
+    rules.write_text(f"rules:\n  - name: many\n    when: '{when}'\n")
+    summary = score_store([rules], root, tmp_path / "out", progress=False)
+    assert summary["rules"]["many"]["hits"] == 60
