@@ -154,3 +154,39 @@ def test_a_flat_or_of_many_terms_parses_and_scores(tmp_path, n):
     rules.write_text(f"rules:\n  - name: many\n    when: '{when}'\n")
     summary = score_store([rules], root, tmp_path / "out", progress=False)
     assert summary["rules"]["many"]["hits"] == 60
+
+
+# -- hostile flags and files: exit 2, one line naming the option / file, nothing written --------------------------
+
+
+def test_nan_sae_weights_are_refused_at_load(tmp_path):
+    import torch
+
+    from qscope_data.sae import load_sae
+    from qscope_data.testing import random_sae, write_sae
+
+    sae = random_sae(16, 64, 4, layer=1)
+    sae.W_enc[3, 2] = float("nan")
+    path = write_sae(sae, tmp_path / "sae", "qscope", layer=1)
+    with pytest.raises(DataError.__mro__[1], match="non-finite"):
+        load_sae(path, 1)
+    assert torch.isnan(sae.W_enc).any()
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf"])
+def test_steer_alpha_must_be_finite(tiny_model_dir, sae_dir, capsys, alpha):
+    model, sae = tiny_model_dir("qwen3"), sae_dir()
+    capsys.readouterr()
+    code, out, err = qscope("steer", "hello", "--model", model, "--sae", sae, "--layer", "1",
+                            "--feature", "3", "--alpha", alpha, "--max-new-tokens", "2", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--alpha" in err and "finite" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--fraction", "1.5"), ("--fraction", "0"), ("--top", "0")])
+def test_option_model_errors_are_one_line_naming_the_option(tmp_path, capsys, flag, value):
+    root = _split_store(tmp_path)
+    code, out, err = qscope("rules", "mine", "--features", root, "--out", tmp_path / "mined.yaml", flag, value,
+                            capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert flag in err and value in err and "pydantic" not in err
+    assert not (tmp_path / "mined.yaml").exists()

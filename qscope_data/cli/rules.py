@@ -67,11 +67,8 @@ def mine(
 
     if action not in ("drop", "flag", "keep"):
         raise UsageError(f"--action {action!r}: choose drop, flag or keep")
-    try:
-        cfg = MineConfig(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
-                         heldout_fraction=heldout, validation_fraction=validation, name=name, action=action)
-    except Exception as exc:
-        raise UsageError(f"bad option: {str(exc).splitlines()[-1].strip()}") from None
+    cfg = MineConfig(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
+                     heldout_fraction=heldout, validation_fraction=validation, name=name, action=action)  # a bad value: one line (cli.main)
     result = mine_store(features, cfg, out, layer=_layer(layer))
     if result["layer_selection"]:
         print(f"layer {result['layer']} chosen by top1-diff:")

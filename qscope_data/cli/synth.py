@@ -109,6 +109,10 @@ def steer(
     from rich.console import Console
     from rich.table import Table
 
+    from qscope_data.synth.steering import check_alpha
+
+    check_alpha(alpha)  # before loading anything
+
     from qscope_data.capture import load_model
     from qscope_data.sae import load_sae
     from qscope_data.synth.steering import compare_steering, require_causal
