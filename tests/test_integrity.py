@@ -190,3 +190,25 @@ def test_option_model_errors_are_one_line_naming_the_option(tmp_path, capsys, fl
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert flag in err and value in err and "pydantic" not in err
     assert not (tmp_path / "mined.yaml").exists()
+
+
+@pytest.mark.parametrize("command,kind", [
+    (["score", "--rules", "{rules}", "--features", "{store}"], "folder"),
+    (["gaps", "--inventory", "{rules}", "--target", "{store}"], "folder"),
+    (["overlap", "{store}"], "folder"),
+    (["rules", "mine", "--features", "{store}"], "file"),
+    (["features", "select", "--features", "{store}", "--label-field", "label"], "file"),
+])
+def test_out_at_the_wrong_kind_of_path_is_one_line_exit_2(tmp_path, capsys, command, kind):
+    store, rules = _split_store(tmp_path), _rules(tmp_path)
+    wrong = tmp_path / "wrong"
+    if kind == "folder":
+        wrong.write_text("a file that must not be replaced\n")
+    else:
+        wrong.mkdir()
+    args = [a.format(store=store, rules=rules) for a in command] + ["--out", str(wrong)]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = qscope(*args, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"--out {wrong}" in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert (wrong.read_text() == "a file that must not be replaced\n") if kind == "folder" else not any(wrong.iterdir())

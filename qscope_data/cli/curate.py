@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import folder_option
+
 manifest_app = typer.Typer(help="Check a curated dataset against its manifest.json.", no_args_is_help=True)
 
 
@@ -14,7 +16,7 @@ def curate(
     features: Path = typer.Option(..., "--features", help="Feature store of that corpus (from `qscope encode`)."),
     scores: Path | None = typer.Option(None, "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
     synth: list[Path] = typer.Option([], "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
-    out: Path = typer.Option(..., "--out", help="Output folder: data/, removed.parquet, manifest.json, README.md."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: data/, removed.parquet, manifest.json, README.md."),
     fmt: str = typer.Option("messages", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
     text_role: str | None = typer.Option(None, "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
     text_prompt: str | None = typer.Option(None, "--text-prompt", help="User turn put before each plain text (required for prompt-completion)."),

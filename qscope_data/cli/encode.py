@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import folder_option
+
 
 def encode(
     model: str = typer.Option(..., "--model", help="Model folder or hub id (Qwen3, Qwen3-MoE, Qwen3.5, … or a BERT-family encoder)."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id (one SAE per layer for Qwen-Scope)."),
     layer: list[int] = typer.Option([], "--layer", help="Block whose output the SAE reads (repeat for several; default: the SAE's own)."),
     input: list[str] = typer.Option(..., "--input", help="JSONL / Parquet files, globs, folders, or a saved HF dataset (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Store folder (created; an unfinished run there is resumed)."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Store folder (created; an unfinished run there is resumed)."),
     text_field: str = typer.Option("text", "--text-field"),
     id_field: str = typer.Option("id", "--id-field", help="Record id field (absent: a stable content hash)."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Truncate each record to its first N tokens."),
