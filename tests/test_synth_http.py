@@ -259,3 +259,17 @@ def test_default_key_goes_only_to_openai(monkeypatch):
         assert all(r.ok for r in gen.generate(requests_for(2)))
     assert server.auth and all(a is None for a in server.auth)
     assert OpenAIGenerator("https://api.openai.com/v1", OpenAIParams(model="m"))._key == KEY
+
+
+def test_synth_where_every_request_gets_401_exits_non_zero(world, tmp_path, monkeypatch, capsys):
+    from cli_inprocess import qscope
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    out = tmp_path / "out"
+    with ChatServer(lambda rid, n: ("status", 401, None)) as server:
+        code, _, err = qscope("synth", "--gaps", world.gaps, "--model", world.model, "--sae", world.sae, "--out", out,
+                              "--generator", f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}&max_retries=0",
+                              "--per-feature", "1", "--max-attempts", "1", "--languages", "en", "--no-progress",
+                              capsys=capsys)
+    assert code == 1 and "every generator request failed" in err and "HTTP 401" in err and KEY not in err
+    assert not (out / "summary.json").exists() and (out / "rejected.jsonl").is_file()

@@ -40,7 +40,7 @@ from qscope_data.capture import LoadedModel, check_layers, load_model
 from qscope_data.coverage.gaps import GapReport, compute_gaps, load_gaps
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory
 from qscope_data.encode import check_compatible, code_version
-from qscope_data.errors import DataError, UsageError
+from qscope_data.errors import DataError, QscopeError, UsageError
 from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.dedup import CandidateDedup
@@ -188,6 +188,10 @@ class SynthSummary(BaseModel):
 # ------------------------------------------------------------------------------------------------------ the stage
 
 
+class GenerationFailed(QscopeError):
+    """Every generator request failed (bad key, wrong URL, server down): the run wrote no samples and exits 1."""
+
+
 def run_synth(
     config: SynthConfig,
     *,
@@ -249,6 +253,12 @@ def run_synth(
             _attempt_round(pending, attempt, generator, verifier, dedup, config, bar)
             bar.resolve(sum(1 for st in pending if st.done or attempt == config.max_attempts))
 
+    failed = [st for st in states.values() if st.history and all(h["reason"] == "generator_error" for h in st.history)]
+    if slots and len(failed) == len(slots):  # nothing was ever generated: a failure, not "0 accepted"
+        atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(_rejected_row(st, generator.name), ensure_ascii=False)
+                                                         + "\n" for st in failed))
+        raise GenerationFailed(f"synthesis: every generator request failed ({len(failed)} slot(s); first: "
+                               f"{failed[0].history[-1]['detail']}); details in {out / REJECTED_JSONL}")
     warnings: list[str] = []
     # The accepted samples first: the verification store records their hashes, so a consumer (curate) can tell
     # that the samples it mixes in are the ones this store verified.
