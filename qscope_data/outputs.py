@@ -14,22 +14,22 @@ from pathlib import Path
 from qscope_data.errors import UsageError
 
 
-def _writable_ancestor(path: Path) -> None:
+def _writable_ancestor(path: Path, what: str = "--out") -> None:
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UsageError(f"--out {path}: {probe} is a file, not a folder")
+        raise UsageError(f"{what} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {path}: {probe} is not writable")
+        raise UsageError(f"{what} {path}: {probe} is not writable")
 
 
-def check_folder(path: Path | str) -> Path:
-    """`--out` names a folder (new or existing)."""
+def check_folder(path: Path | str, what: str = "--out") -> Path:
+    """`--out` (or a config's `workdir`) names a folder (new or existing)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path}: exists and is not a folder")
-    _writable_ancestor(path)
+        raise UsageError(f"{what} {path}: exists and is not a folder")
+    _writable_ancestor(path, what)
     return path
 
 

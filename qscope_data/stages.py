@@ -341,6 +341,9 @@ def check_pipeline(config: PipelineConfig, *, check_model: bool = True) -> list[
     returns what was checked."""
     from qscope_data.inputs import resolve_paths
 
+    from qscope_data.outputs import check_folder
+
+    check_folder(config.workdir, "workdir")
     done: list[str] = []
     for name, corpus in config.corpora.items():
         try:

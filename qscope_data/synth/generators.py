@@ -259,12 +259,7 @@ class OpenAIGenerator:
     `max_backoff`), then reported as that request's error."""
 
     def __init__(self, base_url: str, params: OpenAIParams, *, require_key: bool = False):
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"openai generator: base URL {base_url!r} is not an http(s) URL")
-        if parts.username or parts.password:
-            raise UsageError("openai generator: put the API key in the environment variable named by key_env, "
-                             "not in the URL")
+        parts = check_base_url(base_url)
         path = parts.path.rstrip("/") or "/v1"
         self.base_url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         self.url = self.base_url + "/chat/completions"
@@ -423,6 +418,17 @@ class GeneratorSpec(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
 
 
+def check_base_url(base_url: str):
+    """An OpenAI-compatible base URL: http(s) with a host, and no credentials in it (the parsed URL)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"openai generator: base URL {base_url!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise UsageError("openai generator: put the API key in the environment variable named by key_env, "
+                         "not in the URL")
+    return parts
+
+
 def parse_generator_spec(spec: str) -> GeneratorSpec:
     """`offline` | `hf:<model>[?k=v&…]` | `openai:<base_url>?model=<name>[&k=v…]` (see the module docstring)."""
     spec = spec.strip()
@@ -440,6 +446,8 @@ def parse_generator_spec(spec: str) -> GeneratorSpec:
         params[key] = value
     if not target:
         raise UsageError(f"--generator {spec!r}: no {'model' if kind == 'hf' else 'base URL'} after '{kind}:'")
+    if kind == "openai":
+        check_base_url(target)  # so `qscope validate` refuses what the run would
     return GeneratorSpec(kind=kind, target=target, params=params)
 
 
