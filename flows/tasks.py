@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Iterator
@@ -88,8 +89,24 @@ def ensure_gpu_limit(config: PipelineConfig) -> None:
 
 @contextmanager
 def gpu_slot(config: PipelineConfig) -> Iterator[None]:
-    with concurrency(config.orchestration.gpu_limit, occupy=1, strict=False):
+    """Hold a slot of the GPU limit; waiting past `gpu_slot_timeout_s` is an error that says how to free a slot a
+    crashed run still holds (Prefect cannot tell a dead holder from a slow one)."""
+    o = config.orchestration
+    try:
+        ctx = concurrency(o.gpu_limit, occupy=1, strict=False, timeout_seconds=o.gpu_slot_timeout_s)
+        ctx.__enter__()
+    except TimeoutError:
+        raise UsageError(
+            f"no slot of the Prefect concurrency limit {o.gpu_limit!r} came free within {o.gpu_slot_timeout_s:g} s; if "
+            f"no other run is using the GPU, a crashed one holds it: free it with `prefect gcl update {o.gpu_limit} "
+            "--active-slots 0` (or raise orchestration.gpu_slot_timeout_s)") from None
+    try:
         yield
+    except BaseException:
+        if not ctx.__exit__(*sys.exc_info()):
+            raise
+    else:
+        ctx.__exit__(None, None, None)
 
 
 def artifact_key(*parts: str) -> str:

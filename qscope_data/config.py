@@ -118,6 +118,7 @@ class OrchestrationConfig(_Strict):
     retry_delay_seconds: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0])
     gpu_limit: str = "qscope-gpu"  # name of the global concurrency limit GPU stages take a slot of
     gpu_slots: int = Field(1, ge=1)  # used when the limit does not exist yet (it is created with this size)
+    gpu_slot_timeout_s: float = Field(3600.0, gt=0)  # waiting longer for a slot is an error (a dead run may hold it)
 
 
 class PipelineConfig(_Strict):

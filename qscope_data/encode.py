@@ -376,6 +376,10 @@ def job_identity(model: str, revision: str | None, sae_spec: str, sae_k: int | N
         "layers": sorted(set(layers)),
         "options": options.output_options(),
         "inputs": {"paths": scan.paths, "fingerprint": scan.fingerprint},
+        # What changes the floating-point result without changing the output's meaning: the device type (kernels,
+        # accumulation) and the batch size (which documents share a padded batch, and the matmul shapes). A resumed
+        # store must not mix shards computed both ways; the device index (cuda:0 vs cuda:1) does not matter.
+        "numerics": {"device": options.device.split(":")[0], "batch_size": options.batch_size},
     }
 
 
