@@ -9,7 +9,9 @@ resume a store) stay with the stage, which knows what its output is.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from qscope_data.errors import UsageError
 
@@ -50,3 +52,46 @@ def folder_option(value: Path | None) -> Path | None:
 def file_option(value: Path | None) -> Path | None:
     """typer callback for a file `--out`."""
     return None if value is None else check_file(value)
+
+
+def acquire_lock(out: Path | str, what: str = "--out"):
+    """Take the advisory lock (fcntl) on `out` for this process: a second writer of the same store or output is
+    refused at once instead of duplicating the work. The lock file sits beside `out` (`.<name>.lock`), so the
+    output folder holds only what the stage writes; the kernel drops the lock when the holder dies. Returns the
+    open lock file (closing it releases the lock)."""
+    import fcntl
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UsageError(f"{what} {out}: another qscope process is writing it (lock {path}); wait for it to "
+                         "finish or choose another folder") from None
+    return fh
+
+
+@contextmanager
+def write_lock(out: Path | str, what: str = "--out") -> Iterator[None]:
+    """`acquire_lock` for the duration of a block."""
+    fh = acquire_lock(out, what)
+    try:
+        yield
+    finally:
+        fh.close()
+
+
+def reap_temporaries(out: Path | str) -> list[Path]:
+    """Remove the hidden `.<name>.*.tmp` folders / files a killed run left beside `out`; call it holding
+    `write_lock(out)`, when no other writer of `out` can be alive. Returns what was removed."""
+    import shutil
+
+    out = Path(out)
+    removed = []
+    for tmp in out.parent.glob(f".{out.name}.*.tmp") if out.parent.is_dir() else []:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

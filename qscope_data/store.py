@@ -359,7 +359,11 @@ class StoreWriter:
         return "finished" if (self.root / MANIFEST).exists() else "resume"
 
     def begin(self, job: dict[str, Any], *, overwrite: bool = False) -> JobState:
-        """Prepare the folder: start over (new / --overwrite) or keep finished shards (resume)."""
+        """Prepare the folder: start over (new / --overwrite) or keep finished shards (resume). The writer holds the
+        store's advisory lock from here until `finish` (or the process ends): one encode per store at a time."""
+        from qscope_data.outputs import acquire_lock
+
+        self._lock = acquire_lock(self.root)
         state = self.state(job, overwrite=overwrite)
         if state == "new":
             self._clear()
@@ -462,6 +466,9 @@ class StoreWriter:
             "stats": {**manifest.stats, **stats, "n_shards": n_shards},
         })
         atomic.write_text(self.root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
         return FeatureStore(self.root)
 
 

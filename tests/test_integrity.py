@@ -212,3 +212,36 @@ def test_out_at_the_wrong_kind_of_path_is_one_line_exit_2(tmp_path, capsys, comm
     assert code == 2 and len(err.strip().splitlines()) == 1 and f"--out {wrong}" in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert (wrong.read_text() == "a file that must not be replaced\n") if kind == "folder" else not any(wrong.iterdir())
+
+
+def test_a_second_writer_of_one_output_is_refused_and_killed_runs_temp_folders_are_reaped(case, capsys):
+    from qscope_data.outputs import write_lock
+
+    out = case["tmp"] / "out"
+    stale = case["tmp"] / ".out.curate-999999.tmp"  # what a curate killed mid-write leaves
+    stale.mkdir()
+    (stale / "half.parquet").write_bytes(b"x")
+    with write_lock(out):  # another process writing `out` (flock is per open file, so this stands for one)
+        with pytest.raises(SystemExit) as exc:
+            run(case, out)
+        assert exc.value.code == 2 and "another qscope process is writing it" in capsys.readouterr().err
+    run(case, out)
+    assert (out / "manifest.json").is_file() and not stale.exists()
+
+
+def test_a_record_over_max_record_bytes_is_rejected_with_its_line_and_the_choice_recorded(write_jsonl, tiny_model_dir,
+                                                                                          sae_dir, tmp_path, capsys):
+    path = write_jsonl([{"id": "a", "text": "short"}, {"id": "big", "text": "word " * 400}, {"id": "c", "text": "also short"}])
+    model, sae = tiny_model_dir("qwen3"), sae_dir()
+    out = tmp_path / "s"
+    code, _, err = qscope("encode", "--model", model, "--sae", sae, "--layer", "1", "--input", path, "--out", out,
+                          "--max-record-bytes", "1000", "--max-tokens", "16", "--no-progress", capsys=capsys)
+    assert code == 0, err
+    store = FeatureStore(out)
+    [rej] = store.rejects()
+    assert rej["line"] == 2 and rej["doc_id"] == "big" and "exceeds max_record_bytes=1,000" in rej["reason"]
+    assert store.manifest.options["long_records"] == "reject" and store.manifest.options["max_record_bytes"] == 1000
+    kept = qscope("encode", "--model", model, "--sae", sae, "--layer", "1", "--input", path, "--out", tmp_path / "t",
+                  "--max-record-bytes", "1000", "--long-records", "truncate", "--max-tokens", "16", "--no-progress",
+                  capsys=capsys)
+    assert kept[0] == 0 and FeatureStore(tmp_path / "t").manifest.n_documents == 3

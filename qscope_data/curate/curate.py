@@ -44,6 +44,7 @@ from qscope_data.curate.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, write
 from qscope_data.curate.synthetic import SyntheticSet, load_synthetic
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Reject, input_fingerprint, iter_records, resolve_paths
+from qscope_data.outputs import reap_temporaries, write_lock
 from qscope_data.store import FeatureStore
 
 QUOTA_FIELDS = ("lang", "category", "source")
@@ -354,7 +355,14 @@ def read_store_table(store: FeatureStore) -> dict[str, dict[str, Any]]:
 
 
 def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
-    """Run the stage (module docstring); everything is checked and decided before OUT is touched."""
+    """Run the stage (module docstring); everything is checked and decided before OUT is touched. One writer of
+    OUT at a time (an advisory lock); temp folders a killed run left beside OUT are removed first."""
+    with write_lock(options.out):
+        reap_temporaries(options.out)
+        return _curate(options, progress=progress)
+
+
+def _curate(options: CurateOptions, *, progress: bool) -> CurateResult:
     start = time.perf_counter()
     out = Path(options.out)
     quotas = parse_quotas(options.quotas)
