@@ -55,10 +55,11 @@ def file_option(value: Path | None) -> Path | None:
 
 
 def acquire_lock(out: Path | str, what: str = "--out"):
-    """Take the advisory lock (fcntl) on `out` for this process: a second writer of the same store or output is
-    refused at once instead of duplicating the work. The lock file sits beside `out` (`.<name>.lock`), so the
-    output folder holds only what the stage writes; the kernel drops the lock when the holder dies. Returns the
-    open lock file (closing it releases the lock)."""
+    """Take the advisory lock (POSIX `fcntl.lockf`) on `out` for this process: a second writer of the same store or
+    output is refused at once instead of duplicating the work. The lock file sits beside `out` (`.<name>.lock`),
+    so the output folder holds only what the stage writes. A POSIX lock belongs to the process — a child it forked
+    (a tokenizer or data-loader helper) does not inherit it — so after kill -9 the kernel drops it at once and a
+    resume is never refused. Returns the open lock file (closing it releases the lock)."""
     import fcntl
 
     out = Path(out)
@@ -66,8 +67,8 @@ def acquire_lock(out: Path | str, what: str = "--out"):
     path = out.parent / f".{out.name}.lock"
     fh = open(path, "a+")
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EAGAIN / EACCES: another process holds it
         fh.close()
         raise UsageError(f"{what} {out}: another qscope process is writing it (lock {path}); wait for it to "
                          "finish or choose another folder") from None

@@ -34,6 +34,9 @@ Pass-through columns have one type across all shards (inferred over the whole in
 an input field named like a store column is stored as ``input_<name>``.
 
 Feature absent from a row ⇒ activation 0, count 0 (sparse semantics).
+
+Reading (`FeatureStore`): exactly the shards `manifest.json` lists, each checked on open to be inside the store,
+present and of its recorded size (sha256 too with ``verify=True``); anything else is refused naming the shard.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ class FeatureStore:
         problems = self.problems(verify=verify, first=True) if check else []
         if problems:
             raise DataError(problems[0])
+        _OPENED[self.root.resolve()] = self
 
     def problems(self, *, verify: bool = True, first: bool = False) -> list[str]:
         """What makes the shards differ from what the manifest lists: a listed shard outside the store, missing,
@@ -217,6 +221,24 @@ class FeatureStore:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+_OPENED: dict[Path, FeatureStore] = {}  # stores this process opened, to name the damaged shard after a read fails
+
+
+def find_unreadable_shard() -> str | None:
+    """After a read failed with a codec / Parquet error that names no file (polars: "zstd error"): decode each shard
+    of every store this process opened and say which one is damaged. Slow, and only on that failure path."""
+    import pyarrow.parquet as pq
+
+    for store in list(_OPENED.values()):
+        for info in store.manifest.shards:
+            path = store.root / info.name
+            try:
+                pq.read_table(path)
+            except Exception as exc:  # the damage itself, whatever the codec calls it
+                return f"{path}: unreadable shard ({str(exc).splitlines()[0]}); the store is damaged, re-encode it"
+    return None
 
 
 def open_store(root: str | Path, *, verify: bool = False) -> FeatureStore:

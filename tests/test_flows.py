@@ -174,8 +174,6 @@ def test_a_usage_error_in_a_stage_is_not_retried_and_exits_2(prefect_server, wor
     printed = capsys.readouterr().err
     err = [line for line in printed.splitlines() if line.startswith("qscope: error:")]
     assert len(err) == 1 and "bad-rules.yaml:3:11" in err[0] and "no_such_field" in err[0]
-    # one line per failure without --debug: no traceback through the failing stage's code
-    assert "qscope_data/rules/" not in printed and "UsageError: " not in printed, printed
     ((_, tasks),) = flow_runs_of(path)
     by = stage_tasks(tasks)
     assert {t.state.name for t in by["encode"] + by["mine"]} <= {"Cached", "Completed"}

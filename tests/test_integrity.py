@@ -215,16 +215,25 @@ def test_out_at_the_wrong_kind_of_path_is_one_line_exit_2(tmp_path, capsys, comm
 
 
 def test_a_second_writer_of_one_output_is_refused_and_killed_runs_temp_folders_are_reaped(case, capsys):
-    from qscope_data.outputs import write_lock
+    import subprocess
+    import sys
 
     out = case["tmp"] / "out"
     stale = case["tmp"] / ".out.curate-999999.tmp"  # what a curate killed mid-write leaves
     stale.mkdir()
     (stale / "half.parquet").write_bytes(b"x")
-    with write_lock(out):  # another process writing `out` (flock is per open file, so this stands for one)
+    holder = subprocess.Popen(  # another process writing `out`: it holds the lock
+        [sys.executable, "-c", "import sys, time; from qscope_data.outputs import acquire_lock; "
+         f"f = acquire_lock({str(out)!r}); print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
         with pytest.raises(SystemExit) as exc:
             run(case, out)
         assert exc.value.code == 2 and "another qscope process is writing it" in capsys.readouterr().err
+        assert stale.exists() and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
     run(case, out)
     assert (out / "manifest.json").is_file() and not stale.exists()
 
@@ -245,3 +254,15 @@ def test_a_record_over_max_record_bytes_is_rejected_with_its_line_and_the_choice
                   "--max-record-bytes", "1000", "--long-records", "truncate", "--max-tokens", "16", "--no-progress",
                   capsys=capsys)
     assert kept[0] == 0 and FeatureStore(tmp_path / "t").manifest.n_documents == 3
+
+
+def test_a_corrupt_shard_of_the_same_size_is_named_when_reading_fails(tmp_path, capsys):
+    root = _split_store(tmp_path)
+    shard = root / "layer6" / "part-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[4:400] = b"\xff" * 396  # data pages damaged, footer and size intact
+    shard.write_bytes(bytes(data))
+    code, _, err = qscope("score", "--rules", _rules(tmp_path), "--features", root, "--out", tmp_path / "scores",
+                          "--no-progress", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "part-00001.parquet: unreadable shard" in err, err
+    assert not (tmp_path / "scores").exists()

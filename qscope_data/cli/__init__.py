@@ -38,6 +38,12 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"qscope_data.cli.{_name}").register(app)
 
 
+def _is_read_error(exc: Exception) -> bool:
+    """A Parquet / codec error from polars or pyarrow (they name no file)."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("polars", "pyarrow")) or isinstance(exc, OSError) and "parquet" in str(exc).lower()
+
+
 def validation_message(exc) -> str:
     """One line for a pydantic error of an options model: the option as the user typed it, what is wrong, the value."""
     err = exc.errors()[0]
@@ -77,5 +83,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         if debug:
             raise
+        if _is_read_error(exc):
+            from qscope_data.store import find_unreadable_shard
+
+            damaged = find_unreadable_shard()
+            if damaged:
+                print(f"qscope: error: {damaged}", file=sys.stderr)
+                sys.exit(2)
         print(f"qscope: error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)

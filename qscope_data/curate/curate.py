@@ -13,7 +13,10 @@ Order of decisions (each removed record gets the first reason that applies, so e
    ``unverified``: a synthetic sample whose ``verified`` is false.
 
 Checks before anything is written (each a `DataError`, exit 2, OUT untouched): the store's doc_ids equal the
-input's (apart from records the store rejected), the scores' doc_ids equal the store's and their
+input's (apart from records the store rejected) and the input's fingerprint is the one the store recorded (an
+edited record keeps its id); each --synth folder's accepted file is the one its verification store (`store/`)
+recorded; synthetic samples are screened with the scores' own rule files (sha256-checked) evaluated on that
+verification store, so they meet the same drop / flag rules as input records; the scores' doc_ids equal the store's and their
 ``store_manifest_sha256`` is this store's, synthetic ids collide with no other doc_id, the format suits every record.
 Output is built in a hidden sibling folder and renamed into place, so OUT is either the old state or the new one.
 """
