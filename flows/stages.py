@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 
 from qscope_data.config import PipelineConfig, load_config
-from qscope_data.stages import Executor, layout
+from qscope_data.stages import Executor
 from qscope_flows.tasks import (
     configured,
     curate_task,
@@ -40,10 +40,8 @@ def encode_flow(config_path: str, executor: Executor | None = None, resume: bool
     config = _config(config_path)
     stores: dict[str, str] = {}
     for corpus in corpora or config.needed_corpora():
-        # A cached result is only good while its store is there (a user may have deleted it).
-        present = (layout(config).store(corpus) / "manifest.json").exists()
-        result = configured(encode_task, config, resume and present)(config, corpus, inputs=list(config.corpora[corpus].input),
-                                                         executor=executor, resume=resume)
+        result = configured(encode_task, config, resume, f"encode-{corpus}")(
+            config, corpus, inputs=list(config.corpora[corpus].input), executor=executor, resume=resume)
         publish(config, result, corpus)
         stores[corpus] = result["outputs"]["store"]
     return stores

@@ -1,8 +1,10 @@
 """Prefect tasks around the stage functions of `qscope_data.stages`, and the policies every stage shares.
 
 - Cache: a task's key is (stage, the config sections it reads, the bytes of what it reads), from
-  `stages.settings_digest` / `stages.inputs_digest`; results persist under `workdir/.prefect/results`, so the cache
-  lives and dies with the outputs it points at. `resume=False` refreshes the cache (and starts stores over).
+  `stages.settings_digest` / `stages.inputs_digest`; results persist under `workdir/.prefect/results`. A task
+  records its outputs' listing when it finishes (`stages.record_outputs`); a cached result is used only while
+  that listing still holds (an output deleted or changed refreshes the task). `resume=False` refreshes the cache
+  (and starts stores over).
 - Retries: `orchestration.retries` with the backoff list `orchestration.retry_delay_seconds`; a `UsageError`
   (bad config, bad input) is never retried — it would fail the same way.
 - GPU stages (encode, synth) hold a slot of the global concurrency limit `orchestration.gpu_limit`, created with
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Iterator
@@ -52,11 +55,19 @@ def retry_unless_usage_error(task: Task, task_run: Any, state: Any) -> bool:
     return True
 
 
-def configured(t: Task, config: PipelineConfig, resume: bool) -> Task:
-    """The task with the config's retries / backoff and the workdir's result storage."""
+def configured(t: Task, config: PipelineConfig, resume: bool, key: str | None = None) -> Task:
+    """The task with the config's retries / backoff and the workdir's result storage. Its cached result counts only
+    while the outputs it recorded (under `key`, default the task's name) are all there and unchanged."""
     o = config.orchestration
+    intact = stages.outputs_intact(config, key or t.name)
     return t.with_options(retries=o.retries, retry_delay_seconds=list(o.retry_delay_seconds),
-                          result_storage=stages.layout(config).results, refresh_cache=not resume)
+                          result_storage=stages.layout(config).results, refresh_cache=not (resume and intact))
+
+
+def finished(config: PipelineConfig, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Record what the stage's outputs look like now (for `configured`'s check), and pass the result on."""
+    stages.record_outputs(config, key, result["outputs"])
+    return result
 
 
 def ensure_gpu_limit(config: PipelineConfig) -> None:
@@ -78,8 +89,24 @@ def ensure_gpu_limit(config: PipelineConfig) -> None:
 
 @contextmanager
 def gpu_slot(config: PipelineConfig) -> Iterator[None]:
-    with concurrency(config.orchestration.gpu_limit, occupy=1, strict=False):
+    """Hold a slot of the GPU limit; waiting past `gpu_slot_timeout_s` is an error that says how to free a slot a
+    crashed run still holds (Prefect cannot tell a dead holder from a slow one)."""
+    o = config.orchestration
+    try:
+        ctx = concurrency(o.gpu_limit, occupy=1, strict=False, timeout_seconds=o.gpu_slot_timeout_s)
+        ctx.__enter__()
+    except TimeoutError:
+        raise UsageError(
+            f"no slot of the Prefect concurrency limit {o.gpu_limit!r} came free within {o.gpu_slot_timeout_s:g} s; if "
+            f"no other run is using the GPU, a crashed one holds it: free it with `prefect gcl update {o.gpu_limit} "
+            "--active-slots 0` (or raise orchestration.gpu_slot_timeout_s)") from None
+    try:
         yield
+    except BaseException:
+        if not ctx.__exit__(*sys.exc_info()):
+            raise
+    else:
+        ctx.__exit__(None, None, None)
 
 
 def artifact_key(*parts: str) -> str:
@@ -103,36 +130,37 @@ _TASK = dict(cache_key_fn=stage_cache_key, persist_result=True, retry_condition_
 def encode_task(config: PipelineConfig, corpus: str, inputs: list[str], executor: stages.Executor | None = None,
                 resume: bool = True) -> dict[str, Any]:
     with gpu_slot(config):
-        return asdict(stages.encode_corpus(config, corpus, executor=executor, resume=resume))
+        return finished(config, f"encode-{corpus}",
+                        asdict(stages.encode_corpus(config, corpus, executor=executor, resume=resume)))
 
 
 @task(name="mine", **_TASK)
 def mine_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
-    return asdict(stages.mine_rules(config, inputs[0]))
+    return finished(config, "mine", asdict(stages.mine_rules(config, inputs[0])))
 
 
 @task(name="score", **_TASK)
 def score_task(config: PipelineConfig, inputs: list[str], store: str, mined: str | None = None) -> dict[str, Any]:
-    return asdict(stages.score_corpus(config, store, mined))
+    return finished(config, "score", asdict(stages.score_corpus(config, store, mined)))
 
 
 @task(name="select", **_TASK)
 def select_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
-    return asdict(stages.select_inventory(config, inputs[0]))
+    return finished(config, "select", asdict(stages.select_inventory(config, inputs[0])))
 
 
 @task(name="gaps", **_TASK)
 def gaps_task(config: PipelineConfig, inputs: list[str], inventory: str, target_store: str) -> dict[str, Any]:
-    return asdict(stages.find_gaps(config, inventory, target_store))
+    return finished(config, "gaps", asdict(stages.find_gaps(config, inventory, target_store)))
 
 
 @task(name="synth", **_TASK)
 def synth_task(config: PipelineConfig, inputs: list[str], gaps_dir: str, inventory: str | None = None) -> dict[str, Any]:
     with gpu_slot(config):
-        return asdict(stages.synthesize_gaps(config, gaps_dir, inventory))
+        return finished(config, "synth", asdict(stages.synthesize_gaps(config, gaps_dir, inventory)))
 
 
 @task(name="curate", **_TASK)
 def curate_task(config: PipelineConfig, inputs: list[str], store: str, scores: str | None = None,
                 synth: str | None = None) -> dict[str, Any]:
-    return asdict(stages.curate_corpus(config, store, scores, synth))
+    return finished(config, "curate", asdict(stages.curate_corpus(config, store, scores, synth)))

@@ -14,7 +14,8 @@ it on the CPU when TRITON_INTERPRET=1). ``auto`` picks triton for CUDA tensors w
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from contextlib import contextmanager
+from typing import Iterator, Literal
 
 import torch
 
@@ -62,6 +63,31 @@ def topk_encode(
     if not 1 <= k <= W_enc.shape[0]:
         raise ValueError(f"k must be in 1..d_sae={W_enc.shape[0]}, got {k}")
     chosen = resolve_impl(impl, x)
+    with ieee_fp32(x):
+        return _dispatch(chosen, x, W_enc, b_enc, k, x_offset, **kwargs)
+
+
+@contextmanager
+def ieee_fp32(x: torch.Tensor) -> Iterator[None]:
+    """IEEE fp32 matmuls for the duration of one encode on CUDA: the canonical finish's certificate assumes fp32
+    accumulation, and TF32 (`torch.backends.cuda.matmul.allow_tf32`, `set_float32_matmul_precision("high")`)
+    rounds inputs to 10 mantissa bits. The caller's settings are restored afterwards."""
+    if not x.is_cuda:
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def _dispatch(chosen: str, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
+              x_offset: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape[0] == 0:
         return (torch.zeros(0, k, dtype=torch.float32, device=x.device),
                 torch.zeros(0, k, dtype=torch.long, device=x.device))

@@ -95,6 +95,23 @@ def resolve_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def load_tokenizer(spec: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's tokenizer as every stage and executor uses it: a pad token, and the fallback chat template for a
+    tokenizer without one (so conversations render, and are tokenised, the same way everywhere)."""
+    from transformers import AutoTokenizer
+
+    from qscope_data.spans import ensure_chat_template
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"model {spec}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
 def load_model(
     spec: str,
     *,
@@ -109,7 +126,7 @@ def load_model(
     Causal LMs load with their LM head (generation, steering, SASFT need it); encoder-only models (BERT family)
     load as the bare encoder. `trust_remote_code` stays off unless the user asks.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     try:
         config = AutoConfig.from_pretrained(spec, revision=revision, trust_remote_code=trust_remote_code)
@@ -127,14 +144,9 @@ def load_model(
         dtype = model_dtype(None, device)
     try:
         model = loader.from_pretrained(spec, revision=revision, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UsageError(f"model {spec}: cannot load ({str(exc).splitlines()[0]})") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    from qscope_data.spans import ensure_chat_template
-
-    ensure_chat_template(tokenizer)  # conversations render the same way in every stage, chat model or not
+    tokenizer = load_tokenizer(spec, revision=revision, trust_remote_code=trust_remote_code)
     model = model.to(device).eval()
     path, blocks = resolve_blocks(model)
     return LoadedModel(

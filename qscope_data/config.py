@@ -127,6 +127,7 @@ class OrchestrationConfig(_Strict):
     retry_delay_seconds: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0])
     gpu_limit: str = "qscope-gpu"  # name of the global concurrency limit GPU stages take a slot of
     gpu_slots: int = Field(1, ge=1)  # used when the limit does not exist yet (it is created with this size)
+    gpu_slot_timeout_s: float = Field(3600.0, gt=0)  # waiting longer for a slot is an error (a dead run may hold it)
 
 
 class PipelineConfig(_Strict):
@@ -219,10 +220,23 @@ def package_path(spec: str) -> Path:
     return Path(next(iter(found.submodule_search_locations))) / sub
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (safe_load keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise UsageError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:

@@ -68,9 +68,13 @@ class EncodeOptions(BaseModel):
     on_error: Literal["skip", "fail"] = "skip"
     split: str | None = Field(None, description="split of a Hugging Face dataset input")
     streaming: bool = Field(False, description="stream a hub dataset (no up-front scan: no ETA)")
+    max_record_bytes: int = Field(1 << 20, ge=1, description="a record's text / messages longer than this (UTF-8) ...")
+    long_records: Literal["reject", "truncate"] = Field(
+        "reject", description="... is rejected (to rejects.jsonl, with its file and line), or tokenised whole and "
+        "truncated to max_tokens like any record (memory grows with the record)")
 
     OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_tokens", "keep_first", "span", "text_field", "id_field", "drop_text",
-                                      "token_level", "shard_rows", "dtype", "split")
+                                      "token_level", "shard_rows", "dtype", "split", "max_record_bytes", "long_records")
 
     def output_options(self) -> dict:
         return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
@@ -270,12 +274,26 @@ def iter_shards(paths: list[str], options: EncodeOptions) -> Iterator[Shard]:
                 raise DataError(f"{item.file}:{item.line}: {item.reason} (--on-error fail)")
             rejects.append(item)
             continue
+        if options.long_records == "reject" and (size := record_bytes(item)) > options.max_record_bytes:
+            item = Reject(item.file, item.line, f"record of {size:,} bytes exceeds max_record_bytes="
+                          f"{options.max_record_bytes:,} (--long-records truncate to encode it anyway)", item.doc_id)
+            if options.on_error == "fail":
+                raise DataError(f"{item.file}:{item.line}: {item.reason} (--on-error fail)")
+            rejects.append(item)
+            continue
         if len(records) == options.shard_rows:
             yield Shard(index, records, rejects)
             index, records, rejects = index + 1, [], []
         records.append(item)
     if records or rejects:
         yield Shard(index, records, rejects)
+
+
+def record_bytes(record: Record) -> int:
+    """UTF-8 size of what encode would tokenise: the text, or every message's content."""
+    if record.text is not None:
+        return len(record.text.encode("utf-8"))
+    return sum(len(str(m.get("content", "")).encode("utf-8")) for m in record.messages or [])
 
 
 def resolve_inputs(inputs: str | Path | list) -> InputScan:
@@ -376,6 +394,10 @@ def job_identity(model: str, revision: str | None, sae_spec: str, sae_k: int | N
         "layers": sorted(set(layers)),
         "options": options.output_options(),
         "inputs": {"paths": scan.paths, "fingerprint": scan.fingerprint},
+        # What changes the floating-point result without changing the output's meaning: the device type (kernels,
+        # accumulation) and the batch size (which documents share a padded batch, and the matmul shapes). A resumed
+        # store must not mix shards computed both ways; the device index (cuda:0 vs cuda:1) does not matter.
+        "numerics": {"device": options.device.split(":")[0], "batch_size": options.batch_size},
     }
 
 

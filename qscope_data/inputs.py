@@ -2,7 +2,9 @@
 
 Every stage that reads a corpus (encode, curate, sasft) reads it through `iter_records`, so a record gets the
 same `doc_id` everywhere: the `--id-field` value when present, else a stable hash of its content (text or
-conversation), with `#2`, `#3`… appended to repeats so ids stay unique within a corpus.
+conversation), with `#2`, `#3`… appended to repeats so ids stay unique within a corpus (skipping any suffix an
+input id already holds: ``x, x, x#2, x#2`` become ``x, x#2, x#2#2, x#2#3``). A JSONL record that cannot be written
+as UTF-8 (a lone surrogate escape) is a `Reject` with its file and line, never an error that stops the stage.
 """
 
 from __future__ import annotations
@@ -81,15 +83,30 @@ def _looks_like_hub_dataset(item: str) -> bool:
 
 
 def input_fingerprint(paths: list[str]) -> str:
-    """A hash of the input files' bytes (hub datasets: their names), for manifests and cache keys."""
+    """A hash of what the inputs hold, in order, for manifests, cache keys and the checks of later stages (curate
+    compares it with the store's): a file's bytes; a saved Hugging Face dataset folder's files (relative names and
+    bytes); a hub dataset only its name (its content is not read here: pin a revision or save it to disk for a
+    content fingerprint). Paths are not hashed, so moving a corpus keeps its fingerprint."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(p.encode())
         if os.path.isfile(p):
-            with open(p, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
+            h.update(b"file\0")
+            _hash_file(h, p)
+        elif os.path.isdir(p):
+            h.update(b"folder\0")
+            for f in sorted(q for q in Path(p).rglob("*") if q.is_file()):
+                h.update(f.relative_to(p).as_posix().encode() + b"\0")
+                _hash_file(h, str(f))
+        else:
+            h.update(b"hub\0" + p.encode() + b"\0")
     return h.hexdigest()
+
+
+def _hash_file(h, path: str) -> None:
+    h.update(str(os.path.getsize(path)).encode() + b"\0")
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
 
 
 def iter_records(
@@ -142,9 +159,30 @@ def _iter_raw(path: str, *, split: str | None, streaming: bool) -> Iterator[tupl
                 if not isinstance(obj, dict):
                     yield line_no, Reject(path, line_no, f"expected a JSON object, got {type(obj).__name__}")
                     continue
+                if "\\u" in text and (problem := _not_utf8(obj)):  # JSON escapes can spell lone surrogates
+                    yield line_no, Reject(path, line_no, problem, _raw_id(obj))
+                    continue
                 yield line_no, obj
         return
     yield from _iter_hf_dataset(path, split=split, streaming=streaming)
+
+
+def _not_utf8(obj: dict) -> str | None:
+    """Why a parsed record cannot be written as UTF-8 (a lone surrogate such as ``\\ud800``), or None."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end]
+        return f"not encodable as UTF-8: lone surrogate {bad.encode('unicode_escape').decode()!s}"
+    return None
+
+
+def _raw_id(obj: dict) -> str | None:
+    raw = obj.get("id")
+    if raw is None:
+        return None
+    text = str(raw)
+    return text if not _not_utf8({"id": text}) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _iter_hf_dataset(path: str, *, split: str | None, streaming: bool) -> Iterator[tuple[int, dict]]:
@@ -196,9 +234,14 @@ def _to_record(path: str, line: int, raw: dict, text_field: str, id_field: str, 
         if not text.strip():
             return Reject(path, line, f"empty text in '{text_field}'", None if raw_id is None else str(raw_id))
         content, messages = text, None
-    doc_id = str(raw_id) if raw_id is not None and str(raw_id) != "" else content_id(content)
-    count = seen.get(doc_id, 0) + 1
-    seen[doc_id] = count
-    if count > 1:
-        doc_id = f"{doc_id}#{count}"
+    base = str(raw_id) if raw_id is not None and str(raw_id) != "" else content_id(content)
+    doc_id, n = base, seen.get(base, 0)
+    if n:  # a repeat: the next `base#n` that no earlier record holds (an input id may itself be `x#2`)
+        while True:
+            n += 1
+            doc_id = f"{base}#{n}"
+            if doc_id not in seen:
+                break
+    seen[base] = max(n, 1)
+    seen.setdefault(doc_id, 1)
     return Record(doc_id=doc_id, file=path, line=line, text=text, messages=messages, fields=raw)

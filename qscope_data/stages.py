@@ -64,6 +64,13 @@ class Layout:
         return self.root / ".prefect" / "results"
 
 
+    @property
+    def output_records(self) -> Path:
+        """One JSON per stage run: what its outputs looked like when it finished (the cache holds only while they
+        still look so)."""
+        return self.root / ".prefect" / "outputs"
+
+
 def layout(config: PipelineConfig) -> Layout:
     return Layout(Path(config.workdir))
 
@@ -88,6 +95,33 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("model", "sae", "synth"),
     "curate": ("curate", "name", "corpora"),
 }
+
+
+def outputs_listing(paths: list[str]) -> dict[str, list]:
+    """path → [[relative name, bytes, mtime_ns], …] of every file a stage output is (or holds); [] when absent.
+    Sizes and mtimes, not hashes: a check on every flow run must not reread gigabytes of shards."""
+    listing: dict[str, list] = {}
+    for p in sorted(set(paths)):
+        path = Path(p)
+        files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else []
+        listing[p] = [[q.relative_to(path).as_posix() if q != path else "", q.stat().st_size, q.stat().st_mtime_ns]
+                      for q in files]
+    return listing
+
+
+def record_outputs(config: PipelineConfig, key: str, outputs: dict[str, str]) -> None:
+    """Write what a stage's outputs look like now that it has finished (see `outputs_intact`)."""
+    paths = [v for v in outputs.values() if isinstance(v, str) and Path(v).exists()]
+    atomic.write_json(layout(config).output_records / f"{key}.json", outputs_listing(paths))
+
+
+def outputs_intact(config: PipelineConfig, key: str) -> bool:
+    """Whether the outputs a stage recorded are all still there, unchanged: a cached result is good only then."""
+    try:
+        recorded = json.loads((layout(config).output_records / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(recorded) and all(recorded.values()) and recorded == outputs_listing(list(recorded))
 
 
 def settings_digest(config: PipelineConfig, stage: str, corpus: str | None = None) -> str:
@@ -334,6 +368,9 @@ def check_pipeline(config: PipelineConfig, *, check_model: bool = True) -> list[
     returns what was checked."""
     from qscope_data.inputs import resolve_paths
 
+    from qscope_data.outputs import check_folder
+
+    check_folder(config.workdir, "workdir")
     done: list[str] = []
     for name, corpus in config.corpora.items():
         try:

@@ -34,6 +34,9 @@ Pass-through columns have one type across all shards (inferred over the whole in
 an input field named like a store column is stored as ``input_<name>``.
 
 Feature absent from a row ⇒ activation 0, count 0 (sparse semantics).
+
+Reading (`FeatureStore`): exactly the shards `manifest.json` lists, each checked on open to be inside the store,
+present and of its recorded size (sha256 too with ``verify=True``); anything else is refused naming the shard.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def shard_name(index: int) -> str:
 class FeatureStore:
     """Read access to a finished store. Every stage after `encode` goes through this class."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, verify: bool = False, check: bool = True):
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.exists():
@@ -150,6 +153,32 @@ class FeatureStore:
             raise DataError(f"{path}: schema version {self.manifest.schema_version} is newer than this qscope ({SCHEMA_VERSION})")
         if not self.manifest.saes:
             raise DataError(f"{path}: manifest lists no SAE layer")
+        problems = self.problems(verify=verify, first=True) if check else []
+        if problems:
+            raise DataError(problems[0])
+        _OPENED[self.root.resolve()] = self
+
+    def problems(self, *, verify: bool = True, first: bool = False) -> list[str]:
+        """What makes the shards differ from what the manifest lists: a listed shard outside the store, missing,
+        with another size (cheap, always checked on open) or sha256 (`verify`: `qscope manifest verify`). Files
+        the manifest does not list are never read, so a stray or leftover part file cannot change a result."""
+        found: list[str] = []
+        where = self.root / MANIFEST
+        for info in self.manifest.shards:
+            try:
+                shard = member_path(self.root, info.name, what=f"{where}: shard")
+            except DataError as exc:
+                found.append(str(exc))
+            else:
+                if not shard.is_file():
+                    found.append(f"{shard}: shard listed in {where} is missing; re-encode the store")
+                elif (size := shard.stat().st_size) != info.bytes:
+                    found.append(f"{shard}: {size} bytes, {where} says {info.bytes}; the store changed after encode")
+                elif verify and atomic.sha256_file(shard) != info.sha256:
+                    found.append(f"{shard}: sha256 differs from {where}; the store changed after encode")
+            if first and found:
+                break
+        return found
 
     @property
     def layers(self) -> list[int]:
@@ -159,10 +188,10 @@ class FeatureStore:
         return self.manifest.sae(layer).layer
 
     def shard_paths(self, layer: int | None = None, tokens: bool = False) -> list[Path]:
-        folder = self.root / layer_dir(self.resolve_layer(layer))
-        if tokens:
-            folder = folder / "tokens"
-        return sorted(folder.glob("part-*.parquet"))
+        """The layer's shards as the manifest lists them (never a glob: see `problems`)."""
+        prefix = f"{layer_dir(self.resolve_layer(layer))}/{'tokens/' if tokens else ''}"
+        names = [s.name for s in self.manifest.shards if s.name.startswith(prefix) and "/" not in s.name[len(prefix):]]
+        return [self.root / name for name in sorted(names, key=_shard_order)]
 
     def scan(self, layer: int | None = None, columns: list[str] | None = None) -> pl.LazyFrame:
         paths = self.shard_paths(layer)
@@ -202,8 +231,42 @@ class FeatureStore:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def open_store(root: str | Path) -> FeatureStore:
-    return FeatureStore(root)
+_OPENED: dict[Path, FeatureStore] = {}  # stores this process opened, to name the damaged shard after a read fails
+
+
+def find_unreadable_shard() -> str | None:
+    """After a read failed with a codec / Parquet error that names no file (polars: "zstd error"): decode each shard
+    of every store this process opened and say which one is damaged. Slow, and only on that failure path."""
+    import pyarrow.parquet as pq
+
+    for store in list(_OPENED.values()):
+        for info in store.manifest.shards:
+            path = store.root / info.name
+            try:
+                pq.read_table(path)
+            except Exception as exc:  # the damage itself, whatever the codec calls it
+                return f"{path}: unreadable shard ({str(exc).splitlines()[0]}); the store is damaged, re-encode it"
+    return None
+
+
+def open_store(root: str | Path, *, verify: bool = False) -> FeatureStore:
+    return FeatureStore(root, verify=verify)
+
+
+def is_feature_store(root: str | Path) -> bool:
+    """Whether `root/manifest.json` says it is a feature store (for commands that take a store or a dataset)."""
+    try:
+        return json.loads((Path(root) / MANIFEST).read_text()).get("kind") == STORE_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def member_path(root: Path, name: str, *, what: str) -> Path:
+    """`root / name` for a name a manifest lists, refusing absolute names and names that leave `root` (``../``)."""
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise DataError(f"{what} {name!r} is not a path inside {root}")
+    return root / rel
 
 
 def feature_table(rows: dict[str, list], passthrough: pa.Table | None = None) -> pa.Table:
@@ -222,6 +285,7 @@ def write_store(
     manifest: StoreManifest,
     *,
     shard_rows: int = 50_000,
+    tokens: dict[int, pa.Table] | None = None,
 ) -> FeatureStore:
     """Write finished document tables (one per layer) as a store in one go: for tests, benchmarks and stages
     that derive a store from another (e.g. synthesis' accepted samples). `encode` uses the resumable writer."""
@@ -237,6 +301,10 @@ def write_store(
             rel = f"{layer_dir(layer)}/{shard_name(i)}"
             atomic.write_parquet(root / rel, table.slice(start, shard_rows))
             shards.append(shard_info(root, rel))
+    for layer, table in (tokens or {}).items():
+        rel = f"{layer_dir(layer)}/tokens/{shard_name(0)}"
+        atomic.write_parquet(root / rel, table)
+        shards.append(shard_info(root, rel))
     manifest = manifest.model_copy(update={"shards": shards, "n_documents": n_docs})
     atomic.write_text(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     return FeatureStore(root)
@@ -321,7 +389,11 @@ class StoreWriter:
         return "finished" if (self.root / MANIFEST).exists() else "resume"
 
     def begin(self, job: dict[str, Any], *, overwrite: bool = False) -> JobState:
-        """Prepare the folder: start over (new / --overwrite) or keep finished shards (resume)."""
+        """Prepare the folder: start over (new / --overwrite) or keep finished shards (resume). The writer holds the
+        store's advisory lock from here until `finish` (or the process ends): one encode per store at a time."""
+        from qscope_data.outputs import acquire_lock
+
+        self._lock = acquire_lock(self.root)
         state = self.state(job, overwrite=overwrite)
         if state == "new":
             self._clear()
@@ -416,7 +488,7 @@ class StoreWriter:
         for m in markers:
             for key, value in m.stats.items():
                 stats[key] = stats.get(key, 0) + value
-        shards = sorted((f for m in markers for f in m.files), key=_shard_order)
+        shards = sorted((f for m in markers for f in m.files), key=lambda f: _shard_order(f.name))
         manifest = manifest.model_copy(update={
             "shards": shards,
             "n_documents": sum(m.rows for m in markers),
@@ -424,6 +496,9 @@ class StoreWriter:
             "stats": {**manifest.stats, **stats, "n_shards": n_shards},
         })
         atomic.write_text(self.root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
         return FeatureStore(self.root)
 
 
@@ -442,6 +517,6 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _shard_order(info: ShardInfo) -> tuple:
-    m = re.match(r"layer(\d+)/(tokens/)?part-(\d+)\.parquet$", info.name)
+def _shard_order(name: str) -> tuple:
+    m = re.match(r"layer(\d+)/(tokens/)?part-(\d+)\.parquet$", name)
     return (int(m.group(1)), bool(m.group(2)), int(m.group(3))) if m else (1 << 30, True, 0)

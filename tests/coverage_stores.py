@@ -9,7 +9,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from qscope_data import atomic
 from qscope_data.store import SAEInfo, StoreManifest, TOKEN_SCHEMA, FeatureStore, write_store
 
 LANGS = ("en", "fr", "zh")
@@ -56,8 +55,5 @@ def make_store(
     extra: tuple[str, ...] = ("category", "lang", "source", "text"), tokens: list[dict[str, Any]] | None = None,
 ) -> FeatureStore:
     manifest = StoreManifest(saes=[SAEInfo(layer=layer, source=source, k=8, d_sae=d_sae, d_model=16)])
-    store = write_store(root, {layer: docs_frame(docs, extra)}, manifest)
-    if tokens is not None:
-        table = pa.Table.from_pylist(tokens, schema=TOKEN_SCHEMA)
-        atomic.write_parquet(root / f"layer{layer}" / "tokens" / "part-00000.parquet", table)
-    return store
+    token_tables = {layer: pa.Table.from_pylist(tokens, schema=TOKEN_SCHEMA)} if tokens is not None else None
+    return write_store(root, {layer: docs_frame(docs, extra)}, manifest, tokens=token_tables)

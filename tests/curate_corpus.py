@@ -15,7 +15,7 @@ import pytest
 
 from qscope_data import atomic
 from qscope_data.cli import main
-from qscope_data.inputs import Record, iter_records
+from qscope_data.inputs import Record, input_fingerprint, iter_records
 from qscope_data.store import SAEInfo, StoreManifest, write_store
 
 WORDS = ("river stone garden window bread music winter market letter bridge candle forest paper harbour lantern "
@@ -79,7 +79,7 @@ def make_store(root: Path, recs: list[Record], *, rejected: list[str] = (), feat
         model={"id": "tiny/qwen3-test", "revision": "abc123", "architecture": "Qwen3ForCausalLM"},
         saes=[SAEInfo(layer=2, source="tiny/SAE-Res-Tiny-W1K-L0_16", format="qwen-scope", k=16, d_sae=1024, d_model=64)],
         options={"text_field": "text", "id_field": "id"},
-        inputs={"fingerprint": "f" * 64},
+        inputs={"fingerprint": input_fingerprint(list(dict.fromkeys(r.file for r in recs)))},
     )
     store = write_store(root, {2: frame}, manifest)
     if rejected:
@@ -103,16 +103,20 @@ def make_scores(folder: Path, store, hits: dict[str, set[str]], *, rule_types: d
         cols[rule] = pa.array([d in hits.get(rule, set()) for d in doc_ids], pa.bool_()).cast(typ)
     cols["toxic_score"] = pa.array([2.0 if d in hits.get("toxic", set()) else 0.0 for d in doc_ids], pa.float32())
     atomic.write_parquet(folder / "scores.parquet", pa.table(cols))
+    rule_file = folder / "rules.yaml"  # what the synthetic samples are screened with (features 900-902)
+    atomic.write_text(rule_file, "rules:\n" + "".join(
+        f"  - {{name: {r}, when: 'fires(f{900 + i})', action: {a}}}\n" for i, (r, a) in enumerate(RULES.items())))
     summary = {
         "kind": "qscope-scores", "store": str(store.root), "store_manifest_sha256": store.manifest_hash(), "layer": 2,
-        "rule_files": [{"path": "rules/test.yaml", "sha256": "1" * 64}],
+        "rule_files": [{"path": str(rule_file), "sha256": atomic.sha256_file(rule_file)}],
         "rules": {r: {"action": a, "hits": len(hits.get(r, ())), "hits_by_lang": {}} for r, a in RULES.items()},
     }
     atomic.write_json(folder / "summary.json", summary)
     return folder
 
 
-def make_synth(folder: Path) -> Path:
+def make_synth(folder: Path, feature_of: dict[str, list[int]] | None = None) -> Path:
+    """accepted.jsonl and its verification store (`store/`, recording the file's sha256) as `qscope synth` writes."""
     samples = [
         {"id": "syn1", "messages": chat("Wie backe ich Brot?", long_answer(900)), "lang": "de", "category": "cooking"},
         {"id": "syn_dup", "messages": chat("Question 2?", long_answer(2)), "lang": "en", "category": "general"},
@@ -125,6 +129,16 @@ def make_synth(folder: Path) -> Path:
              "variant": "direct", "label": "bread", "threshold": 1.0, **s}
         lines.append(json.dumps(s))
     atomic.write_text(folder / "accepted.jsonl", "\n".join(lines) + "\n")
+    verified = [s["id"] for s in samples]
+    feats = [(feature_of or {}).get(i, [1, 2]) for i in verified]
+    frame = pl.DataFrame({"doc_id": verified, "n_tokens": [12] * len(verified), "n_positions": [11] * len(verified),
+                          "feature_ids": feats, "max_acts": [[1.5] * len(f) for f in feats],
+                          "fire_counts": [[1] * len(f) for f in feats]},
+                         schema_overrides={"feature_ids": pl.List(pl.Int32), "max_acts": pl.List(pl.Float32),
+                                           "fire_counts": pl.List(pl.Int32)})
+    write_store(folder / "store", {2: frame}, StoreManifest(
+        saes=[SAEInfo(layer=2, source="tiny/SAE-Res-Tiny-W1K-L0_16", format="qwen-scope", k=16, d_sae=1024, d_model=64)],
+        inputs={"accepted_sha256": {"accepted.jsonl": atomic.sha256_file(folder / "accepted.jsonl")}}))
     atomic.write_json(folder / "summary.json", {"accepted": 3})
     return folder
 

@@ -53,6 +53,15 @@ def test_synthesis_parquet_schema_is_read(case, tmp_path):
     folder = tmp_path / "psynth"
     folder.mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=synthesize.ACCEPTED_SCHEMA), folder / synthesize.ACCEPTED_PARQUET)
+    # its verification store, recording the Parquet file's hash (as `qscope synth` writes it)
+    import shutil
+
+    from qscope_data import atomic
+
+    shutil.copytree(case["synth"] / "store", folder / "store")
+    manifest = json.loads((folder / "store" / "manifest.json").read_text())
+    manifest["inputs"]["accepted_sha256"] = {"accepted.parquet": atomic.sha256_file(folder / synthesize.ACCEPTED_PARQUET)}
+    (folder / "store" / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "out"
     main(["curate", "--input", str(case["data"]), "--features", str(case["store"].root), "--scores", str(case["scores"]),
           "--synth", str(folder), "--out", str(out), "--no-progress"])

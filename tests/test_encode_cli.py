@@ -65,8 +65,8 @@ def test_kill_9_then_resume_equals_a_clean_run(tiny_model_dir, sae_dir, write_js
     kept = {name: t for name, t in mtimes(out).items() if name.startswith("layer2/part-")
             and f"{name.split('/')[-1].removesuffix('.parquet')}.json" in done_before}
 
-    code, stdout, _ = qscope(*args, "--out", out, capsys=capsys)  # rerun: resumes
-    assert code == 0 and "resumed" in stdout
+    code, stdout, err = qscope(*args, "--out", out, capsys=capsys)  # rerun: resumes
+    assert code == 0 and "resumed" in stdout, err
     assert all(mtimes(out)[name] == t for name, t in kept.items())  # finished shards were not redone
     assert not list(out.rglob(".*.tmp"))
 

@@ -147,6 +147,17 @@ def test_run_executes_every_stage_retries_a_failure_and_reruns_from_cache(prefec
     assert {t.state.name for t in tasks2} == {"Cached"} and len(tasks2) == len(tasks)
     assert (run / "shards" / "manifest.json").stat().st_mtime_ns == stamp
 
+    # A deleted output is not "Cached": the stage that wrote it runs again and the output is back (issue 17).
+    for shard in (run / "shards" / "data").glob("*.parquet"):
+        shard.unlink()
+    (run / "inventory.yaml").unlink()
+    main(["run", str(config_path)])
+    (_, _), (_, _), (third, tasks3) = flow_runs_of(config_path)
+    assert third.state.is_completed()
+    states = {name: {t.state.name for t in ts} for name, ts in stage_tasks(tasks3).items()}
+    assert states["curate"] == {"Completed"} and states["select"] == {"Completed"} and states["mine"] == {"Cached"}
+    assert list((run / "shards" / "data").glob("*.parquet")) and (run / "inventory.yaml").is_file()
+
 
 def test_a_usage_error_in_a_stage_is_not_retried_and_exits_2(prefect_server, workspace, capsys):
     """A rule naming a missing field fails the score stage for good: no retry, `qscope run` exits 2 with one line.
@@ -160,7 +171,8 @@ def test_a_usage_error_in_a_stage_is_not_retried_and_exits_2(prefect_server, wor
     with pytest.raises(SystemExit) as exc:
         main(["run", str(path)])
     assert exc.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("qscope: error:")]
+    printed = capsys.readouterr().err
+    err = [line for line in printed.splitlines() if line.startswith("qscope: error:")]
     assert len(err) == 1 and "bad-rules.yaml:3:11" in err[0] and "no_such_field" in err[0]
     ((_, tasks),) = flow_runs_of(path)
     by = stage_tasks(tasks)

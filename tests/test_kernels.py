@@ -329,3 +329,24 @@ def test_triton_kernel_matches_reference_under_the_interpreter():
     failed = [name for name, ok in results if not ok]
     assert not failed, failed
     assert len(results) == 14
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 exists only on CUDA")
+def test_tf32_is_off_inside_the_exact_kernels_and_restored_after():
+    from qscope_kernels import topk_encode
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 256, generator=g).cuda()
+        W = torch.randn(4096, 256, generator=g).cuda()
+        b = torch.zeros(4096).cuda()
+        v_cpu, i_cpu = topk_encode(x.cpu(), W.cpu(), b.cpu(), 16, impl="dense")  # no TF32 on a CPU
+        for impl in ("dense", "blocked", "auto"):
+            v, i = topk_encode(x, W, b, 16, impl=impl)
+            assert torch.equal(i.cpu(), i_cpu) and torch.equal(v.cpu(), v_cpu), impl
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")

@@ -97,3 +97,41 @@ def test_encode_cli_refuses_bad_executor_flags(tiny_model_dir, sae_dir, write_js
               "--input", str(corpus(write_jsonl, n=3)), "--out", str(tmp_path / "out"), *flags])
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _without_chat_template(model_dir, dest):
+    """A copy of a saved model whose tokenizer carries no chat template (like a base model's)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, dest)
+    (dest / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_path = dest / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    return dest
+
+
+def test_template_less_chat_corpus_gives_byte_identical_stores(local_ray, tiny_model_dir, sae_dir, write_jsonl, tmp_path):
+    """Both executors tokenise through one loader (fallback chat template included): conversations are encoded on
+    Ray exactly as locally, not rejected."""
+    from transformers import AutoTokenizer
+
+    from qscope_data.executors.ray import RayOptions, run_encode_ray
+
+    model = _without_chat_template(tiny_model_dir("qwen3"), tmp_path / "base-model")
+    assert not AutoTokenizer.from_pretrained(model).chat_template
+    saes = str(sae_dir(d_model=64, layers=(1,)))
+    rows = [{"id": f"c{i}", "messages": [{"role": "user", "content": " ".join(WORDS[i:i + 5])},
+                                         {"role": "assistant", "content": " ".join(WORDS[i + 2:i + 9])}]}
+            for i in range(10)]
+    inp = write_jsonl(rows)
+    opts = EncodeOptions(batch_size=4, shard_rows=4, max_tokens=32, span="response")
+    local = run_encode(str(model), saes, [1], inp, tmp_path / "local", opts, progress=False)
+    remote = run_encode_ray(str(model), saes, [1], inp, tmp_path / "ray", opts, RayOptions(workers=1), progress=False)
+    assert (local.documents, local.rejected) == (10, 0) and (remote.documents, remote.rejected) == (10, 0)
+    a, b = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
+    assert shard_table(a) == shard_table(b)
+    for info in a.manifest.shards:
+        assert (a.root / info.name).read_bytes() == (b.root / info.name).read_bytes()

@@ -101,7 +101,7 @@ def test_other_usage_errors_exit_2(store, tmp_path, capsys):
     code, _, err = run(["rules", "mine", "--features", str(store), "--action", "burn", "--out", str(tmp_path / "m.yaml")], capsys)
     assert code == 2 and "--action 'burn'" in err
     code, _, err = run(["rules", "mine", "--features", str(store), "--top", "0", "--out", str(tmp_path / "m.yaml")], capsys)
-    assert code == 2 and "bad option" in err
+    assert code == 2 and "--top: Input should be greater than or equal to 1 (got 0)" in err
     code, _, err = run(["rules", "eval", "--rules", str(good), "--features", str(store), "--split", "heldout",
                         "--out", str(tmp_path / "r.json")], capsys)
     assert code == 2 and "--split heldout needs a mined rule file" in err

@@ -69,6 +69,9 @@ class ChatServer:
                         return self._send(action[1], {"error": {"message": "scripted failure"}}, headers)
                     if action[0] == "echo-auth":
                         return self._send(400, {"error": {"message": f"bad header {self.headers.get('Authorization')}"}})
+                    if action[0] == "echo-auth-200":  # a completion that repeats the caller's key
+                        return self._send(200, {"choices": [{"index": 0, "message": {
+                            "role": "assistant", "content": f"sure, your header was {self.headers.get('Authorization')}"}}]})
                     if action[0] == "slow":
                         time.sleep(action[1])
                     time.sleep(0.02)  # a little service time, so requests overlap
@@ -250,3 +253,38 @@ def test_rps_spaces_request_starts(monkeypatch):
     starts = sorted(t for ts in server.times.values() for t in ts)
     assert all(r.ok for r in results) and all(r.usage and r.usage["completion_tokens"] > 0 for r in results)
     assert starts[-1] - starts[0] >= 5 / 20 * 0.9  # 6 starts at least 1/20 s apart, though 8 may be in flight
+
+
+def test_a_completion_echoing_the_key_is_scrubbed_and_oversized_bodies_refused(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    reqs = requests_for(2)
+    with ChatServer(lambda rid, n: ("echo-auth-200",)) as server:
+        results = OpenAIGenerator(server.base_url, OpenAIParams(model="m", key_env=KEY_ENV)).generate(reqs)
+        small = OpenAIGenerator(server.base_url, OpenAIParams(model="m", key_env=KEY_ENV, max_completion_bytes=10))
+        refused = small.generate(reqs[:1])
+    assert server.auth[0] == f"Bearer {KEY}"
+    assert all(r.ok and KEY not in r.text and "***" in r.text for r in results)
+    assert not refused[0].ok and "exceeds max_completion_bytes=10" in refused[0].error
+
+
+def test_default_key_goes_only_to_openai(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with ChatServer(lambda rid, n: ("ok",)) as server:
+        gen = OpenAIGenerator(server.base_url, OpenAIParams(model="m"))  # no key_env: a third-party URL
+        assert all(r.ok for r in gen.generate(requests_for(2)))
+    assert server.auth and all(a is None for a in server.auth)
+    assert OpenAIGenerator("https://api.openai.com/v1", OpenAIParams(model="m"))._key == KEY
+
+
+def test_synth_where_every_request_gets_401_exits_non_zero(world, tmp_path, monkeypatch, capsys):
+    from cli_inprocess import qscope
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    out = tmp_path / "out"
+    with ChatServer(lambda rid, n: ("status", 401, None)) as server:
+        code, _, err = qscope("synth", "--gaps", world.gaps, "--model", world.model, "--sae", world.sae, "--out", out,
+                              "--generator", f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}&max_retries=0",
+                              "--per-feature", "1", "--max-attempts", "1", "--languages", "en", "--no-progress",
+                              capsys=capsys)
+    assert code == 1 and "every generator request failed" in err and "HTTP 401" in err and KEY not in err
+    assert not (out / "summary.json").exists() and (out / "rejected.jsonl").is_file()

@@ -105,3 +105,27 @@ def test_package_paths_resolve_to_installed_packages(tmp_path):
     (tmp_path / "d.yaml").write_text((tmp_path / "c.yaml").read_text().replace("pkg:qscope_data/demo", "pkg:no_such_pkg_x/m"))
     with pytest.raises(Exception, match="no_such_pkg_x"):
         load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(workdir="./texts.jsonl"), "workdir"),
+])
+def test_validate_refuses_what_run_would_fail_on(project, capsys, change, message):
+    code, out, err = run_validate(edit(project, change), capsys)
+    lines = [line for line in err.splitlines() if line.startswith("qscope: error:")]
+    assert code == 2 and len(lines) == 1 and message in err, err
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_line(project, capsys):
+    text = (project / "pipeline.yaml").read_text()
+    (project / "dup.yaml").write_text(text + "name: again\n")
+    code, out, err = run_validate(project / "dup.yaml", capsys)
+    assert code == 2 and "dup.yaml" in err and "'name' is given twice" in err and "line" in err, err
+
+
+def test_generator_url_scheme_is_checked_where_validate_parses_the_spec():
+    from qscope_data.errors import UsageError
+    from qscope_data.synth.generators import parse_generator_spec
+
+    with pytest.raises(UsageError, match="is not an http"):
+        parse_generator_spec("openai:ftp://example.org/v1?model=m")  # `check_pipeline` calls this for synth.generator

@@ -38,6 +38,19 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"qscope_data.cli.{_name}").register(app)
 
 
+def _is_read_error(exc: Exception) -> bool:
+    """A Parquet / codec error from polars or pyarrow (they name no file)."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("polars", "pyarrow")) or isinstance(exc, OSError) and "parquet" in str(exc).lower()
+
+
+def validation_message(exc) -> str:
+    """One line for a pydantic error of an options model: the option as the user typed it, what is wrong, the value."""
+    err = exc.errors()[0]
+    option = "--" + ".".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else exc.title
+    return f"{option}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning project errors into one-line messages."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("QSCOPE_DEBUG") == "1"
@@ -57,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except Exception as exc:  # click's own usage errors arrive as SystemExit via standalone handling below
         import click
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError) and not debug:  # an options model refused a flag's value
+            print(f"qscope: error: {validation_message(exc)}", file=sys.stderr)
+            sys.exit(2)
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
@@ -65,5 +83,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         if debug:
             raise
+        if _is_read_error(exc):
+            from qscope_data.store import find_unreadable_shard
+
+            damaged = find_unreadable_shard()
+            if damaged:
+                print(f"qscope: error: {damaged}", file=sys.stderr)
+                sys.exit(2)
         print(f"qscope: error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)

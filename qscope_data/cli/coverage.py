@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import file_option, folder_option
+
 from qscope_data.errors import UsageError
 
 features_app = typer.Typer(help="Choose SAE features that stand for concepts (the safety inventory).", no_args_is_help=True)
@@ -32,7 +34,7 @@ def select(
     min_safety_score: float | None = typer.Option(None, "--min-safety-score", help="Keep only features whose label-file safety score reaches this."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer of the store (default: its first)."),
     examples: int = typer.Option(5, "--examples", help="Example doc_ids kept per feature."),
-    out: Path = typer.Option(..., "--out", help="Inventory YAML to write."),
+    out: Path = typer.Option(..., "--out", callback=file_option, help="Inventory YAML to write."),
 ) -> None:
     """Rank features per category by firing-rate gap Δ against the negative class and write the inventory YAML."""
     from qscope_data.coverage.inventory import inventory_from_labels, load_labels, merge_labels, save_inventory, select_features
@@ -67,7 +69,7 @@ def gaps(
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the inventory's)."),
     examples: int = typer.Option(3, "--examples", help="Reference texts per gap."),
     dashboard: Path | None = typer.Option(None, "--dashboard", help="`features explain` output folder: link each gap to its page."),
-    out: Path = typer.Option(..., "--out", help="Report folder: gaps.json, report.md, report.html."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Report folder: gaps.json, report.md, report.html."),
 ) -> None:
     """Which inventory features the target never fires, per category and language: gaps.json + report.md/html."""
     from rich.console import Console
@@ -101,7 +103,7 @@ def overlap(
     subsets: int = typer.Option(20, "--subsets", help="Random document orderings averaged for each coverage curve."),
     seed: int = typer.Option(0, "--seed"),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: each store's first)."),
-    out: Path = typer.Option(..., "--out", help="Folder for overlap.json, overlap.html and PNGs."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Folder for overlap.json, overlap.html and PNGs."),
 ) -> None:
     """Footprints, the asymmetric overlap matrix and each store's redundancy score."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

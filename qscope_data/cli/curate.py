@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import folder_option
+
 manifest_app = typer.Typer(help="Check a curated dataset against its manifest.json.", no_args_is_help=True)
 
 
@@ -14,7 +16,7 @@ def curate(
     features: Path = typer.Option(..., "--features", help="Feature store of that corpus (from `qscope encode`)."),
     scores: Path | None = typer.Option(None, "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
     synth: list[Path] = typer.Option([], "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
-    out: Path = typer.Option(..., "--out", help="Output folder: data/, removed.parquet, manifest.json, README.md."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: data/, removed.parquet, manifest.json, README.md."),
     fmt: str = typer.Option("messages", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
     text_role: str | None = typer.Option(None, "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
     text_prompt: str | None = typer.Option(None, "--text-prompt", help="User turn put before each plain text (required for prompt-completion)."),
@@ -62,17 +64,23 @@ def curate(
 
 
 @manifest_app.command("verify")
-def verify(out: Path = typer.Argument(..., help="Curated dataset folder (from `qscope curate`).")) -> None:
+def verify(out: Path = typer.Argument(..., help="Curated dataset folder (from `qscope curate`) or feature store (from `qscope encode`).")) -> None:
     """Recompute every listed file's sha256, size and row count; exit 1 on any mismatch."""
     from qscope_data.curate.manifest import load_manifest, verify as verify_dataset
+    from qscope_data.store import FeatureStore, is_feature_store
 
-    problems = verify_dataset(out)
+    if is_feature_store(out):
+        store = FeatureStore(out, check=False)  # list every problem rather than stop at the first
+        problems, n_files = store.problems(verify=True), len(store.manifest.shards)
+    else:
+        problems = verify_dataset(out)
+        n_files = 0 if problems else len(load_manifest(out).files())
     for line in problems:
         print(line)
     if problems:
         print(f"{out}: {len(problems)} problem(s)")
         raise typer.Exit(1)
-    print(f"{out}: OK ({len(load_manifest(out).files())} files match manifest.json)")
+    print(f"{out}: OK ({n_files} files match manifest.json)")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import folder_option
+
 
 def encode(
     model: str = typer.Option(..., "--model", help="Model folder or hub id (Qwen3, Qwen3-MoE, Qwen3.5, … or a BERT-family encoder)."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id (one SAE per layer for Qwen-Scope)."),
     layer: list[int] = typer.Option([], "--layer", help="Block whose output the SAE reads (repeat for several; default: the SAE's own)."),
     input: list[str] = typer.Option(..., "--input", help="JSONL / Parquet files, globs, folders, or a saved HF dataset (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Store folder (created; an unfinished run there is resumed)."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Store folder (created; an unfinished run there is resumed)."),
     text_field: str = typer.Option("text", "--text-field"),
     id_field: str = typer.Option("id", "--id-field", help="Record id field (absent: a stable content hash)."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Truncate each record to its first N tokens."),
@@ -25,6 +27,8 @@ def encode(
     drop_text: bool = typer.Option(False, "--drop-text", help="Leave text / messages out of the store."),
     on_error: str = typer.Option("skip", "--on-error", help="skip: bad records go to rejects.jsonl; fail: exit 2 at the first."),
     shard_rows: int = typer.Option(2048, "--shard-rows", help="Records per shard (the unit of resume)."),
+    max_record_bytes: int = typer.Option(1 << 20, "--max-record-bytes", help="Records longer than this (UTF-8 bytes of text / messages) are handled by --long-records."),
+    long_records: str = typer.Option("reject", "--long-records", help="reject: to rejects.jsonl; truncate: tokenise whole, keep --max-tokens (recorded in the manifest)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),
     split: str | None = typer.Option(None, "--split", help="Split of a Hugging Face dataset input."),
     streaming: bool = typer.Option(False, "--streaming", help="Stream a hub dataset (no up-front count, no ETA)."),
@@ -48,6 +52,7 @@ def encode(
             max_tokens=max_tokens, keep_first=keep_first, span=span, text_field=text_field, id_field=id_field,
             drop_text=drop_text, token_level=token_level, batch_size=batch_size, shard_rows=shard_rows,
             device=device, dtype=dtype, on_error=on_error, split=split, streaming=streaming,
+            max_record_bytes=max_record_bytes, long_records=long_records,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

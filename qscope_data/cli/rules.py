@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import file_option, folder_option
+
 rules_app = typer.Typer(
     help="Feature-logic rules over SAE features: mine them from labels, evaluate them, unit-test rule packs.",
     no_args_is_help=True,
@@ -28,7 +30,7 @@ def _layer(value: str | None) -> int | str | None:
 def score(
     rules: list[Path] = typer.Option(..., "--rules", help="Rule file (YAML); repeat for several."),
     features: Path = typer.Option(..., "--features", help="Feature store folder (from `qscope encode`)."),
-    out: Path = typer.Option(..., "--out", help="Output folder for scores.parquet and summary.json."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder for scores.parquet and summary.json."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the rule files' header, else the store's first)."),
     batch_rows: int = typer.Option(100_000, "--batch-rows", help="Documents per batch (memory bound)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -48,7 +50,7 @@ def score(
 @rules_app.command("mine")
 def mine(
     features: Path = typer.Option(..., "--features", help="Feature store with a label column."),
-    out: Path = typer.Option(..., "--out", help="Rule file to write (YAML)."),
+    out: Path = typer.Option(..., "--out", callback=file_option, help="Rule file to write (YAML)."),
     label_field: str = typer.Option("label", "--label-field"),
     positive: str = typer.Option("1", "--positive", help="Label value of the positive class (compared as text)."),
     by: str | None = typer.Option(None, "--by", help="Mine one rule per value of this field (e.g. lang) plus a pooled one."),
@@ -68,12 +70,9 @@ def mine(
 
     if action not in ("drop", "flag", "keep"):
         raise UsageError(f"--action {action!r}: choose drop, flag or keep")
-    try:
-        cfg = MineConfig(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
-                         heldout_fraction=heldout, validation_fraction=validation, name=name, action=action,
-                         criterion=criterion)
-    except Exception as exc:
-        raise UsageError(f"bad option: {str(exc).splitlines()[-1].strip()}") from None
+    cfg = MineConfig(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
+                     heldout_fraction=heldout, validation_fraction=validation, name=name, action=action,
+                     criterion=criterion)  # a bad value: one line (cli.main)
     result = mine_store(features, cfg, out, layer=_layer(layer))
     if result["layer_selection"]:
         print(f"layer {result['layer']} chosen by top1-diff:")
@@ -112,7 +111,7 @@ def select_layer_cmd(
 def eval_cmd(
     rules: list[Path] = typer.Option(..., "--rules", help="Rule file(s) to evaluate."),
     features: Path = typer.Option(..., "--features", help="Feature store with labels."),
-    out: Path = typer.Option(..., "--out", help="report.json (PNG plots and report.html are written beside it)."),
+    out: Path = typer.Option(..., "--out", callback=file_option, help="report.json (PNG plots and report.html are written beside it)."),
     label_field: str | None = typer.Option(None, "--label-field", help="Default: the mined file's, else 'label'."),
     positive: str | None = typer.Option(None, "--positive"),
     by: str | None = typer.Option(None, "--by", help="Group metrics by this field (default: the mined file's --by)."),

@@ -7,6 +7,7 @@ the runs show up on that server.
 
 from __future__ import annotations
 
+import logging
 import os
 from enum import Enum
 from pathlib import Path
@@ -33,12 +34,41 @@ def run(
         os.environ["RAY_ADDRESS"] = ray_address  # ray.init() joins it when the config names no address
     from qscope_flows.pipeline import curation_pipeline
 
+    if os.environ.get("QSCOPE_DEBUG") != "1" and not _debug():
+        quiet_tracebacks()
     out = curation_pipeline(config_path=str(config.resolve()), executor=executor.value if executor else None,
                             resume=resume)
     for stage, value in out.items():
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for name, path in items:
             print(f"{stage}{'.' + name if name else ''}: {path}")
+
+
+class _OneLine(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback (2-3 per failure); without --debug keep one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.exc_text:
+            exc = record.exc_info[1] if record.exc_info else None
+            record.msg = f"{str(record.getMessage()).splitlines()[0]}" + (f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if exc else "")
+            record.args, record.exc_info, record.exc_text = (), None, None
+        elif isinstance(record.msg, str) and "Traceback (most recent call last)" in record.getMessage():
+            record.msg, record.args = record.getMessage().split("Traceback (most recent call last)")[0].rstrip() or "failed", ()
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """One line per failure in `qscope run`'s log (the CLI still prints the error itself; --debug shows everything)."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in logger.filters):
+            logger.addFilter(_OneLine())
+
+
+def _debug() -> bool:
+    from qscope_data.cli import _state
+
+    return bool(_state.get("debug"))
 
 
 def validate(

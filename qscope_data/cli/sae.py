@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import folder_option
+
 sae_app = typer.Typer(help="Inspect, convert and train sparse autoencoders.", no_args_is_help=True)
 
 
@@ -25,7 +27,7 @@ def inspect(
 @sae_app.command("convert")
 def convert(
     src: str = typer.Argument(..., help="SAE folder, file or hub repo id in any supported format."),
-    out: Path = typer.Option(..., "--out", help="Folder for the canonical sae.safetensors + sae.json."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Folder for the canonical sae.safetensors + sae.json."),
     layer: int | None = typer.Option(None, "--layer"),
     k: int | None = typer.Option(None, "--k"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: as stored)."),
@@ -44,7 +46,7 @@ def train(
     model: str = typer.Option(..., "--model", help="Model folder or hub id (causal LM or BERT-family encoder)."),
     layer: int = typer.Option(..., "--layer", help="Block n: the SAE reads the residual stream at its output."),
     inputs: list[str] = typer.Option(..., "--input", help="JSONL/Parquet file, glob, folder or HF dataset; repeatable."),
-    out: Path = typer.Option(..., "--out", help="Folder for sae.json + sae.safetensors + metrics.json."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Folder for sae.json + sae.safetensors + metrics.json."),
     width: int | None = typer.Option(None, "--width", help="Number of latents (d_sae); from --init-from if omitted."),
     k: int | None = typer.Option(None, "--k", help="Active latents per token; from --init-from if omitted."),
     init_from: str | None = typer.Option(None, "--init-from", help="Start from this SAE (any format) and fine-tune it."),

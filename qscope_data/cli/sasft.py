@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import typer
+
+from qscope_data.outputs import file_option, folder_option
 from pydantic import ValidationError
 
 from qscope_data.errors import UsageError
@@ -57,7 +59,7 @@ def prepare(
     batch_size: int = typer.Option(16, "--batch-size"),
     k: int | None = typer.Option(None, "--k", help="SAE k when its files do not say it."),
     device: str = typer.Option("cpu", "--device"),
-    out: Path = typer.Option(..., "--out", help="Plan folder: sasft.json, encoder_rows.safetensors, report.md/html."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Plan folder: sasft.json, encoder_rows.safetensors, report.md/html."),
 ) -> None:
     """Choose each language's features (monolinguality ν = μ_L − γ) and their per-language baselines α."""
     from qscope_data.capture import load_model
@@ -89,7 +91,7 @@ def train(
     model: str = typer.Option(..., "--model", help="Causal LM folder or hub id to fine-tune."),
     plan: Path = typer.Option(..., "--plan", help="Folder written by `qscope sasft prepare`."),
     data: list[str] = typer.Option(..., "--data", help="Curated shard folder / Parquet / JSONL with `messages` (or text) and a language column."),
-    out: Path = typer.Option(..., "--out", help="Output folder: the fine-tuned model, tokenizer and sasft_train.json."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: the fine-tuned model, tokenizer and sasft_train.json."),
     lam: float = typer.Option(1.0, "--lambda", help="Weight λ of the SASFT term (0 = plain SFT)."),
     positions: str = typer.Option("response", "--positions", help="Tokens the penalty counts: response | all."),
     languages: str | None = typer.Option(None, "--languages", help="Subset of the plan's target languages to penalise."),
@@ -140,7 +142,7 @@ def eval_(
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N prompts."),
     device: str = typer.Option("cpu", "--device"),
     responses: Path | None = typer.Option(None, "--responses", help="Write every response with its detection to this JSONL."),
-    out: Path | None = typer.Option(None, "--out", help="Also write the result JSON here."),
+    out: Path | None = typer.Option(None, "--out", callback=file_option, help="Also write the result JSON here."),
 ) -> None:
     """Code-switching rate of greedy generations (share flagged with a language other than the prompt's), as JSON."""
     from qscope_data.atomic import write_json

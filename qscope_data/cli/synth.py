@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.outputs import folder_option
+
 from qscope_data.errors import UsageError
 
 
@@ -36,7 +38,7 @@ def synth(
                                        "hf:<chat model>[?steer_alpha=4&positions=generated] | "
                                        "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4] | templates (tests)"),
     per_feature: int = typer.Option(4, "--per-feature", help="Samples wanted per gap feature."),
-    out: Path = typer.Option(..., "--out", help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
+    out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
     threshold: float = typer.Option(0.0, "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts per sample, each with feedback from the last."),
     languages: str = typer.Option("en", "--languages", help="Comma-separated language codes, spread over the samples."),
@@ -144,6 +146,10 @@ def steer(
     with --eval, an α sweep over a prompt file: share of output in the target language and perplexity per α."""
     from rich.console import Console
     from rich.table import Table
+
+    from qscope_data.synth.steering import check_alpha
+
+    check_alpha(alpha)  # before loading anything
 
     from qscope_data.capture import load_model
     from qscope_data.sae import load_sae

@@ -13,7 +13,10 @@ Order of decisions (each removed record gets the first reason that applies, so e
    ``unverified``: a synthetic sample whose ``verified`` is false.
 
 Checks before anything is written (each a `DataError`, exit 2, OUT untouched): the store's doc_ids equal the
-input's (apart from records the store rejected), the scores' doc_ids equal the store's and their
+input's (apart from records the store rejected) and the input's fingerprint is the one the store recorded (an
+edited record keeps its id); each --synth folder's accepted file is the one its verification store (`store/`)
+recorded; synthetic samples are screened with the scores' own rule files (sha256-checked) evaluated on that
+verification store, so they meet the same drop / flag rules as input records; the scores' doc_ids equal the store's and their
 ``store_manifest_sha256`` is this store's, synthetic ids collide with no other doc_id, the format suits every record.
 Output is built in a hidden sibling folder and renamed into place, so OUT is either the old state or the new one.
 """
@@ -44,6 +47,7 @@ from qscope_data.curate.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, write
 from qscope_data.curate.synthetic import SyntheticSet, load_synthetic, synth_provenance
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Reject, input_fingerprint, iter_records, resolve_paths
+from qscope_data.outputs import reap_temporaries, write_lock
 from qscope_data.store import FeatureStore
 
 QUOTA_FIELDS = ("lang", "category", "source")
@@ -245,6 +249,61 @@ def check_store_matches_input(store: FeatureStore, store_ids: set[str], input_id
     return (input_ids - store_ids) & rejected
 
 
+def check_input_fingerprint(store: FeatureStore, paths: list[str]) -> None:
+    """The input holds the bytes the store was encoded from: a record edited after encode keeps its id, so the id
+    check alone would let text no rule ever scored into the shards."""
+    recorded = store.manifest.inputs.get("fingerprint")
+    if not recorded:
+        return  # a derived store (write_store) records no input; the id check still applies
+    got = input_fingerprint(paths)
+    if got != recorded:
+        raise DataError(f"input {', '.join(paths)} is not what store {store.root / 'manifest.json'} was encoded from "
+                        f"(fingerprint {got[:12]}…, the store records {recorded[:12]}…): changed after encode? "
+                        "re-encode and re-score it")
+
+
+def verification_store(s: SyntheticSet) -> FeatureStore:
+    """The synth folder's verification store, after checking it verified exactly these accepted samples."""
+    root = s.path / "store"
+    store = FeatureStore(root)
+    recorded = (store.manifest.inputs.get("accepted_sha256") or {}).get(s.accepted.name)
+    if recorded != s.accepted_sha256:
+        what = "records no hash of it" if recorded is None else f"records sha256 {recorded[:12]}…"
+        raise DataError(f"--synth {s.path}: {s.accepted} (sha256 {s.accepted_sha256[:12]}…) is not what "
+                        f"{root / 'manifest.json'} verified ({what}); rerun `qscope synth`")
+    ids = set(store.read(columns=["doc_id"])["doc_id"].to_list())
+    missing = {x.doc_id for x in s.samples} - ids
+    if missing:
+        raise DataError(f"--synth {s.path}: sample(s) {_first(missing)} of {s.accepted} are not in {root}")
+    return store
+
+
+def screen_synthetic(synth_sets: list[SyntheticSet], scores: Scores | None) -> dict[str, list[str]]:
+    """doc_id → rules hit, for synthetic samples: the scores' own rule files (checked by sha256) evaluated on each
+    verification store, so synthetic samples meet the same drop / flag rules as input records."""
+    from qscope_data.rules.score import evaluate_store, prepare
+
+    if scores is None:
+        for s in synth_sets:
+            verification_store(s)
+        return {}
+    for path, digest in scores.rule_files.items() if synth_sets else ():
+        if not Path(path).is_file() or (digest and atomic.sha256_file(path) != digest):
+            raise DataError(f"--scores {scores.path}: rule file {path} is missing or changed since scoring; "
+                            "synthetic samples cannot be screened with the same rules (re-score)")
+    matched: dict[str, list[str]] = {}
+    for s in synth_sets:
+        store = verification_store(s)
+        if not scores.rule_files:
+            continue
+        _, layer, program = prepare(store, list(scores.rule_files), scores.summary.get("layer"))
+        names = [r.name for r in program.rules if r.name in scores.actions]
+        hits = evaluate_store(store, program, layer, progress=False, extra_columns=["doc_id"])
+        for row in hits.select(["doc_id", *names]).iter_rows():
+            matched[row[0]] = [n for n, hit in zip(names, row[1:]) if hit]
+    return matched
+
+
 def check_scores_match_store(scores: Scores, store: FeatureStore, store_ids: set[str]) -> None:
     scored = scores.doc_ids
     if scored != store_ids:
@@ -300,7 +359,14 @@ def read_store_table(store: FeatureStore) -> dict[str, dict[str, Any]]:
 
 
 def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
-    """Run the stage (module docstring); everything is checked and decided before OUT is touched."""
+    """Run the stage (module docstring); everything is checked and decided before OUT is touched. One writer of
+    OUT at a time (an advisory lock); temp folders a killed run left beside OUT are removed first."""
+    with write_lock(options.out):
+        reap_temporaries(options.out)
+        return _curate(options, progress=progress)
+
+
+def _curate(options: CurateOptions, *, progress: bool) -> CurateResult:
     start = time.perf_counter()
     out = Path(options.out)
     quotas = parse_quotas(options.quotas)
@@ -314,6 +380,7 @@ def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
     store_rows = read_store_table(store)
     scores = load_scores(options.scores) if options.scores else None
     synth_sets = [load_synthetic(s) for s in options.synth]
+    synth_rules = screen_synthetic(synth_sets, scores)
 
     items: list[Item] = []
     with _Phases(progress) as bar:
@@ -333,10 +400,11 @@ def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
         n_input = len(items)
         input_ids = {it.doc_id for it in items if it.reason is None}
         not_encoded = check_store_matches_input(store, set(store_rows), input_ids, options.inputs)
+        check_input_fingerprint(store, paths)
         if scores is not None:
             check_scores_match_store(scores, store, set(store_rows))
         _add_synthetic(items, synth_sets, input_ids)
-        _decide(items, options, store_rows, scores, not_encoded)
+        _decide(items, options, store_rows, scores, not_encoded, synth_rules)
         survivors = [it for it in items if it.reason is None]
         if options.dedup:
             bar.phase("dedup", len(survivors))
@@ -383,7 +451,7 @@ def _add_synthetic(items: list[Item], synth_sets: list[SyntheticSet], input_ids:
 
 
 def _decide(items: list[Item], options: CurateOptions, store_rows: dict[str, dict], scores: Scores | None,
-            not_encoded: set[str]) -> None:
+            not_encoded: set[str], synth_rules: dict[str, list[str]]) -> None:
     """Steps 2–4 of the module docstring, and the format's columns for every record still in."""
     for it in items:
         if it.reason is not None:
@@ -396,6 +464,9 @@ def _decide(items: list[Item], options: CurateOptions, store_rows: dict[str, dic
         if scores is not None and it.synthetic is None:
             it.lang = it.lang or scores.lang.get(it.doc_id)
             it.rules = list(scores.matched.get(it.doc_id, []))
+            it.flags = [r for r in it.rules if scores.actions[r] == "flag"]
+        elif scores is not None:  # a synthetic sample: the same rules, on its verification encode
+            it.rules = list(synth_rules.get(it.doc_id, []))
             it.flags = [r for r in it.rules if scores.actions[r] == "flag"]
         if it.synthetic is None and it.doc_id in not_encoded:
             it.reason, it.detail = "not_encoded", "the feature store rejected this record"

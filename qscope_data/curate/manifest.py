@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from qscope_data import atomic
 from qscope_data.errors import UsageError
+from qscope_data.store import member_path
 
 KIND = "qscope-curated-sft"
 SCHEMA_VERSION = 1
@@ -90,7 +91,11 @@ def verify(root: str | Path) -> list[str]:
     manifest = load_manifest(root)
     problems: list[str] = []
     for entry in manifest.files():
-        path = root / entry.name
+        try:
+            path = member_path(root, entry.name, what=f"{root / MANIFEST}: file")
+        except UsageError as exc:  # `../x` or `/etc/x` is never followed
+            problems.append(str(exc))
+            continue
         if not path.is_file():
             problems.append(f"{entry.name}: missing")
             continue

@@ -94,13 +94,11 @@ def _index_of(path: str) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model: str, revision: str | None, trust_remote_code: bool):
-    """One tokenizer per worker process (Ray reuses processes, so tasks after the first pay nothing)."""
-    from transformers import AutoTokenizer
+    """One tokenizer per worker process (Ray reuses processes, so tasks after the first pay nothing) — loaded by the
+    local executor's own loader, fallback chat template included, so both executors tokenise alike."""
+    from qscope_data.capture import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
+    return load_tokenizer(model, revision=revision, trust_remote_code=trust_remote_code)
 
 
 def tokenize_shard(row: dict[str, Any], *, model: str, revision: str | None, trust_remote_code: bool,

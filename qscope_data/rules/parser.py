@@ -13,7 +13,7 @@ declared in the rule file, or a metadata field), calls ``func(arg, …)``, paren
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lark import Lark, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -22,10 +22,8 @@ GRAMMAR = r"""
 ?start: expr
 
 ?expr: or_expr
-?or_expr: and_expr
-        | or_expr "or" and_expr            -> or_
-?and_expr: not_expr
-         | and_expr "and" not_expr         -> and_
+?or_expr: and_expr ("or" and_expr)*       -> or_
+?and_expr: not_expr ("and" not_expr)*     -> and_
 ?not_expr: "not" not_expr                  -> not_
          | cmp_expr
 ?cmp_expr: sum_expr
@@ -230,10 +228,31 @@ class _ToAST(Transformer):
         return tuple(c for c in children[1:] if c is not None)
 
     def and_(self, meta, children):
-        return Logic("and", children[0], children[1], **_span(meta))
+        return _chain("and", children, meta)
 
     def or_(self, meta, children):
-        return Logic("or", children[0], children[1], **_span(meta))
+        return _chain("or", children, meta)
+
+
+LEFT_CHAIN_MAX = 64  # terms of one and/or chain kept left-associative; a longer chain is built balanced
+
+
+def _chain(op: str, terms: list, meta) -> Node:
+    """`a op b op c …` as Logic nodes, without recursion: left-associative (as written) up to LEFT_CHAIN_MAX terms,
+    balanced beyond, so a flat OR of thousands of features nests only log2(n) deep (and/or are associative)."""
+    def join(left: Node, right: Node) -> Node:
+        return Logic(op, left, right, pos=left.pos, end=right.end)
+
+    if len(terms) <= LEFT_CHAIN_MAX:
+        node = terms[0]
+        for term in terms[1:]:
+            node = join(node, term)
+    else:
+        level = list(terms)
+        while len(level) > 1:
+            level = [join(level[i], level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+        node = level[0]
+    return replace(node, **_span(meta))  # the whole chain's node spans all of it, parentheses included
 
 
 _PUNCT = {"RPAR": "')'", "LBRACKET": "'['", "RSQB": "']'", "LPAR": "'('"}

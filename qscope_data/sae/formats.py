@@ -61,7 +61,10 @@ def resolve_local(spec: str | Path, layer: int | None, *, cache_dir: str | None 
 
     patterns = ["*.json", "*.md"]
     if layer is not None:
-        patterns += [f"layer{layer}.sae.pt", f"layers.{layer}/*", f"layer{layer}/*", "*.safetensors"]
+        # only this layer's weights: fnmatch's * crosses "/", so "*.safetensors" would fetch every layer's folder
+        # of a multi-layer SAELens / sparsify repo; a single-SAE repo keeps its weights at the root
+        patterns += [f"layer{layer}.sae.pt", f"layers.{layer}/*", f"layer{layer}/*", CANONICAL_WEIGHTS,
+                     "sae_weights.safetensors"]
     else:
         patterns += ["*.safetensors", "*.pt"]
     try:
@@ -152,6 +155,9 @@ def _validate(sae: SparseAutoencoder, where: Path) -> None:
         t = getattr(sae, name)
         if not t.is_floating_point():
             raise SAEFormatError(f"{where}: {name} has dtype {t.dtype}; expected a floating-point tensor")
+        if not bool(torch.isfinite(t).all()):  # nan / inf weights would make every feature nan or never fire
+            bad = int((~torch.isfinite(t)).sum())
+            raise SAEFormatError(f"{where}: {name} holds {bad:,} non-finite value(s) (nan / inf); the SAE file is damaged")
     if not 1 <= sae.k <= d_sae:
         raise SAEFormatError(f"{where}: k = {sae.k} must be between 1 and d_sae = {d_sae}")
 

@@ -12,8 +12,10 @@ never raising for one failed request, so the synthesis loop can record it, retry
     hf:<model folder or hub id>[?steer_alpha=4&positions=generated&max_new_tokens=128&temperature=0.7]
     openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4&rps=2&timeout=60&max_retries=4&temperature=0.8]
 
-The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY), sent only as a
-Bearer header, and scrubbed from every error message; it is never logged or written.
+The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY, which is sent only to
+api.openai.com: another base URL gets a key only when the spec names key_env), sent only as a Bearer header, and
+scrubbed from every error message and every completion before anything is written; it is never logged or written.
+A response body over `max_completion_bytes` (default 1 MiB) is that request's error, never parsed.
 """
 
 from __future__ import annotations
@@ -333,11 +335,13 @@ class OpenAIParams(BaseModel):
     temperature: float = Field(0.8, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
+    max_completion_bytes: int = Field(1 << 20, ge=1, description="a longer response body is refused, not parsed")
     seed: int | None = None
     rps: float | None = Field(None, gt=0, description="client-side rate limit: at most this many request starts per second")
 
 
 RETRY_STATUS = {408, 409, 425, 429}
+OPENAI_HOST = "api.openai.com"
 
 
 class OpenAIGenerator:
@@ -346,17 +350,16 @@ class OpenAIGenerator:
     `max_backoff`), then reported as that request's error."""
 
     def __init__(self, base_url: str, params: OpenAIParams, *, require_key: bool = False):
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"openai generator: base URL {base_url!r} is not an http(s) URL")
-        if parts.username or parts.password:
-            raise UsageError("openai generator: put the API key in the environment variable named by key_env, "
-                             "not in the URL")
+        parts = check_base_url(base_url)
         path = parts.path.rstrip("/") or "/v1"
         self.base_url = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
         self.url = self.base_url + "/chat/completions"
         self.params = params
-        self._key = os.environ.get(params.key_env) or None
+        # A key goes only where it was configured for: the default OPENAI_API_KEY only to OpenAI's own host; any
+        # other base URL gets a key only when the spec names its variable (key_env=…).
+        named = require_key or "key_env" in params.model_fields_set
+        default_ok = named or (parts.hostname or "").lower() == OPENAI_HOST
+        self._key = (os.environ.get(params.key_env) or None) if default_ok else None
         if self._key is None and require_key:
             raise UsageError(f"openai generator: environment variable {params.key_env} is not set (it holds the API key)")
         self.name = f"openai:{params.model}@{self.base_url}"
@@ -366,6 +369,10 @@ class OpenAIGenerator:
         p = self.params.model_dump()
         p["key"] = "set" if self._key else "none"  # never the key itself
         return {"kind": "openai", "name": self.name, "url": self.url, **p}
+
+    def scrub_key(self, text: str) -> str:
+        """`text` with the configured key replaced by *** (for generated text: a server that echoes it)."""
+        return text.replace(self._key, "***") if self._key else text
 
     def scrub(self, text: str) -> str:
         """`text` with the API key (and any Bearer token) replaced by ***."""
@@ -442,10 +449,13 @@ class OpenAIGenerator:
             except httpx.TransportError as exc:
                 error, retryable = f"connection error: {type(exc).__name__}: {exc}", True
             else:
-                if resp.status_code == 200:
+                if resp.status_code == 200 and len(resp.content) > p.max_completion_bytes:
+                    error, retryable = (f"response of {len(resp.content):,} bytes exceeds max_completion_bytes="
+                                        f"{p.max_completion_bytes:,}"), False
+                elif resp.status_code == 200:
                     text, problem = _completion_text(resp)
-                    if text is not None:
-                        return GenerationResult(req.id, text, tries=attempt + 1, usage=_usage(resp))
+                    if text is not None:  # scrubbed before anything can write it
+                        return GenerationResult(req.id, self.scrub_key(text), tries=attempt + 1, usage=_usage(resp))
                     error, retryable = problem or "no text", False
                 else:
                     snippet = " ".join(resp.text.split())[:200]
@@ -529,6 +539,17 @@ class GeneratorSpec(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
 
 
+def check_base_url(base_url: str):
+    """An OpenAI-compatible base URL: http(s) with a host, and no credentials in it (the parsed URL)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"openai generator: base URL {base_url!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise UsageError("openai generator: put the API key in the environment variable named by key_env, "
+                         "not in the URL")
+    return parts
+
+
 def parse_generator_spec(spec: str) -> GeneratorSpec:
     """`templates` | `lm[:<model>][?k=v&…]` | `hf:<model>[?k=v&…]` | `openai:<base_url>?model=<name>[&k=v…]`
     (see the module docstring)."""
@@ -552,6 +573,8 @@ def parse_generator_spec(spec: str) -> GeneratorSpec:
         params[key] = value
     if not target and kind != "lm":  # lm without a model: the verifying one
         raise UsageError(f"--generator {spec!r}: no {'model' if kind == 'hf' else 'base URL'} after '{kind}:'")
+    if kind == "openai":
+        check_base_url(target)  # so `qscope validate` refuses what the run would
     return GeneratorSpec(kind=kind, target=target, params=params)
 
 

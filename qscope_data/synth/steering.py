@@ -7,6 +7,8 @@ continuation of one prompt side by side so a feature can be inspected before it 
 
 from __future__ import annotations
 
+import math
+
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -34,6 +36,12 @@ def feature_direction(sae: SparseAutoencoder, feature: int) -> torch.Tensor:
     return sae.W_dec[:, feature].float()
 
 
+def check_alpha(alpha: float) -> None:
+    """nan / inf would turn every steered activation into nan (or inf), silently: refuse them."""
+    if not math.isfinite(float(alpha)):
+        raise UsageError(f"--alpha {alpha}: steering strength must be a finite number")
+
+
 def feature_steering(lm: LoadedModel, sae: SparseAutoencoder, layer: int, feature: int, alpha: float,
                      positions: SteerPositions = "all") -> Steering:
     """The steering of feature `feature` of `sae` (read at block `layer`), checked against the model."""
@@ -44,6 +52,7 @@ def feature_steering(lm: LoadedModel, sae: SparseAutoencoder, layer: int, featur
                          f"{lm.d_model}: its features cannot steer this model")
     if positions not in ("all", "generated"):
         raise UsageError(f"--positions {positions!r}: choose all or generated")
+    check_alpha(alpha)
     return Steering(layer, feature_direction(sae, feature), float(alpha), positions)
 
 

@@ -40,7 +40,7 @@ from qscope_data.capture import LoadedModel, check_layers, load_model
 from qscope_data.coverage.gaps import GapReport, compute_gaps, load_gaps
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory
 from qscope_data.encode import check_compatible, code_version
-from qscope_data.errors import DataError, UsageError
+from qscope_data.errors import DataError, QscopeError, UsageError
 from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
@@ -204,6 +204,10 @@ class SynthSummary(BaseModel):
 # ------------------------------------------------------------------------------------------------------ the stage
 
 
+class GenerationFailed(QscopeError):
+    """Every generator request failed (bad key, wrong URL, server down): the run wrote no samples and exits 1."""
+
+
 def run_synth(
     config: SynthConfig,
     *,
@@ -279,7 +283,20 @@ def run_synth(
                 gap_ids, threshold=config.threshold, shots=config.baseline_shots, near_copy=config.near_copy,
                 near_duplicate_threshold=config.near_duplicate_threshold, seed=config.seed)
 
+    failed = [st for st in states.values() if st.history and all(h["reason"] == "generator_error" for h in st.history)]
+    if slots and len(failed) == len(slots):  # nothing was ever generated: a failure, not "0 accepted"
+        atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(_rejected_row(st, generator.name), ensure_ascii=False)
+                                                         + "\n" for st in failed))
+        raise GenerationFailed(f"synthesis: every generator request failed ({len(failed)} slot(s); first: "
+                               f"{failed[0].history[-1]['detail']}); details in {out / REJECTED_JSONL}")
     warnings: list[str] = []
+    # The accepted samples first: the verification store records their hashes, so a consumer (curate) can tell
+    # that the samples it mixes in are the ones this store verified.
+    accepted = [states[s.id].accepted for s in slots if states[s.id].done]
+    rejected = [_rejected_row(states[s.id], generator.name) for s in slots if not states[s.id].done]
+    atomic.write_text(out / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accepted))
+    atomic.write_parquet(out / ACCEPTED_PARQUET, pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA))
+    atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
     store_table = _store_table(states, slots, report)
     if (out / STORE_DIR).exists():
         shutil.rmtree(out / STORE_DIR)  # ours (an earlier run's accepted store): rewritten whole
@@ -288,17 +305,12 @@ def run_synth(
         saes=[SAEInfo(layer=layer, source=sae.source, format=sae.format, k=sae.k, d_sae=sae.d_sae, d_model=sae.d_model,
                       hook=sae.hook)],
         options=verifier.options.output_options(),
-        inputs={"synth": str(out.resolve()), "gaps": str(Path(config.gaps).resolve()), "generator": generator.name},
+        inputs={"synth": str(out.resolve()), "gaps": str(Path(config.gaps).resolve()), "generator": generator.name,
+                "accepted_sha256": {name: atomic.sha256_file(out / name) for name in (ACCEPTED_JSONL, ACCEPTED_PARQUET)}},
         code_version=code_version(),
     )
     store = write_store(out / STORE_DIR, {layer: store_table}, manifest)
     coverage = coverage_change(report, inventory, store, [t.feature for t in targets], layer, warnings)
-
-    accepted = [states[s.id].accepted for s in slots if states[s.id].done]
-    rejected = [_rejected_row(states[s.id], generator.name) for s in slots if not states[s.id].done]
-    atomic.write_text(out / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accepted))
-    atomic.write_parquet(out / ACCEPTED_PARQUET, pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA))
-    atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
 
     features = _feature_summaries(targets, states, slots, coverage)
     n_attempts = sum(st.attempts for st in states.values())

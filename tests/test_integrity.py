@@ -1,0 +1,268 @@
+"""Integrity (issue 17): no stage reports a success it did not earn; hostile input gets a clear answer and changes
+nothing. Real stores written through the store contract, real Parquet, the CLI in process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_inprocess import qscope
+from rules_stores import labelled_store
+from qscope_data.errors import DataError
+from qscope_data.inputs import Record, iter_records
+from qscope_data.store import FeatureStore
+
+
+def _store(tmp_path: Path) -> FeatureStore:
+    return labelled_store(tmp_path / "store", n=60, layers={6: 1.0})
+
+
+def _split_store(tmp_path: Path) -> Path:
+    """A store of three shards (20 documents each), written through the contract."""
+    from qscope_data.store import write_store
+
+    src = _store(tmp_path)
+    return write_store(tmp_path / "split", {6: src.read(6)}, src.manifest, shard_rows=20).root
+
+
+def _rules(tmp_path: Path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text("rules:\n  - {name: x, when: 'fires(f11)'}\n")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["delete_one", "delete_all", "truncate"])
+def test_store_with_missing_or_changed_shard_is_refused_naming_it(tmp_path, capsys, damage):
+    root = _split_store(tmp_path)
+    shard = root / "layer6" / "part-00001.parquet"
+    if damage == "delete_one":
+        shard.unlink()
+    elif damage == "delete_all":
+        shutil.rmtree(root / "layer6")
+    else:
+        shard.write_bytes(shard.read_bytes()[:-10])
+    code, out, err = qscope("score", "--rules", _rules(tmp_path), "--features", root, "--out", tmp_path / "scores",
+                            "--no-progress", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "part-0000" in err and "manifest.json" in err
+    assert not (tmp_path / "scores").exists()
+
+
+def test_stray_shard_is_never_read(tmp_path):
+    root = _split_store(tmp_path)
+    shutil.copy(root / "layer6" / "part-00000.parquet", root / "layer6" / "part-00099.parquet")
+    frame = FeatureStore(root).read(6)
+    assert frame.height == 60 and frame["doc_id"].n_unique() == 60
+
+
+def test_verify_checks_sha256_and_manifest_verify_lists_it(tmp_path, capsys):
+    root = _split_store(tmp_path)
+    shard = root / "layer6" / "part-00002.parquet"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(data))
+    FeatureStore(root)  # size check only: opens
+    with pytest.raises(DataError, match="part-00002.parquet: sha256"):
+        FeatureStore(root, verify=True)
+    code, out, _ = qscope("manifest", "verify", root, capsys=capsys)
+    assert code == 1 and "part-00002.parquet: sha256" in out
+
+
+@pytest.mark.parametrize("name", ["../outside.parquet", "/etc/hostname"])
+def test_manifest_names_outside_the_folder_are_refused(tmp_path, capsys, name):
+    root = _split_store(tmp_path)
+    (tmp_path / "outside.parquet").write_bytes((root / "layer6" / "part-00000.parquet").read_bytes())
+    m = json.loads((root / "manifest.json").read_text())
+    m["shards"][0]["name"] = name
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="is not a path inside"):
+        FeatureStore(root)
+    code, out, _ = qscope("manifest", "verify", root, capsys=capsys)
+    assert code == 1 and "is not a path inside" in out
+
+
+def test_repeated_ids_never_collide(write_jsonl):
+    path = write_jsonl([{"id": i, "text": f"t{n}"} for n, i in enumerate(["x", "x", "x#2", "x#2", "x"])])
+    ids = [r.doc_id for r in iter_records(path) if isinstance(r, Record)]
+    assert len(set(ids)) == 5 and ids[:3] == ["x", "x#2", "x#2#2"]
+
+
+@pytest.mark.parametrize("line", ['{"id": "a", "text": "bad \\ud800 text"}', '{"id": "b\\udc00", "text": "ok"}',
+                                  '{"id": "c", "text": "ok", "lang": "\\ud83d"}'])
+def test_lone_surrogate_goes_to_rejects_with_file_and_line(write_jsonl, tiny_model_dir, sae_dir, tmp_path, line):
+    from qscope_data.encode import EncodeOptions, run_encode
+
+    path = write_jsonl([{"id": "first", "text": "hello there"}, line, {"id": "last", "text": "good bye"}])
+    summary = run_encode(str(tiny_model_dir("qwen3")), str(sae_dir()), [1], path, tmp_path / "s",
+                         EncodeOptions(max_tokens=16), progress=False)
+    assert (summary.documents, summary.rejected) == (2, 1)
+    [rej] = FeatureStore(tmp_path / "s").rejects()
+    assert rej["line"] == 2 and rej["file"].endswith("input.jsonl") and "lone surrogate" in rej["reason"]
+
+
+# -- curate checks what it was told ----------------------------------------------------------------------------
+
+from curate_corpus import case, make_synth, run  # noqa: E402,F401 (case: fixture)
+
+
+def _curate_refused(case, capsys, needle: str, **kw) -> str:
+    out = case["tmp"] / "out"
+    with pytest.raises(SystemExit) as exc:
+        run(case, out, **kw)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not out.exists()
+    return err
+
+
+def test_curate_refuses_an_input_edited_after_encode(case, capsys):
+    data = case["data"]
+    data.write_text(data.read_text().replace("Question 3?", "Question 3? Now with edited text"))
+    err = _curate_refused(case, capsys, "is not what store")
+    assert str(data) in err and "manifest.json" in err
+
+
+def test_curate_refuses_tampered_synthetic_samples(case, capsys):
+    accepted = case["synth"] / "accepted.jsonl"
+    accepted.write_text(accepted.read_text().replace("Wie backe ich Brot?", "Something else entirely"))
+    err = _curate_refused(case, capsys, "is not what")
+    assert "accepted.jsonl" in err and "store/manifest.json" in err
+
+
+def test_synthetic_samples_meet_the_same_drop_rules(case):
+    make_synth(case["synth"], feature_of={"syn1": [1, 900]})  # f900 fires the `toxic` drop rule
+    out = case["tmp"] / "out"
+    run(case, out)
+    import pyarrow.parquet as pq
+
+    reasons = {r["doc_id"]: r["reason"] for r in pq.read_table(out / "removed.parquet").to_pylist()}
+    assert reasons["syn1"] == "rule:toxic"
+
+
+@pytest.mark.parametrize("n", [600, 5000])
+def test_a_flat_or_of_many_terms_parses_and_scores(tmp_path, n):
+    from qscope_data.rules.parser import parse
+    from qscope_data.rules.score import score_store
+
+    when = " or ".join(f"fires(f{i % 500})" for i in range(n))
+    assert parse(when) is not None  # no RecursionError
+    root = _split_store(tmp_path)
+    rules = tmp_path / "many.yaml"
+    rules.write_text(f"rules:\n  - name: many\n    when: '{when}'\n")
+    summary = score_store([rules], root, tmp_path / "out", progress=False)
+    assert summary["rules"]["many"]["hits"] == 60
+
+
+# -- hostile flags and files: exit 2, one line naming the option / file, nothing written --------------------------
+
+
+def test_nan_sae_weights_are_refused_at_load(tmp_path):
+    import torch
+
+    from qscope_data.sae import load_sae
+    from qscope_data.testing import random_sae, write_sae
+
+    sae = random_sae(16, 64, 4, layer=1)
+    sae.W_enc[3, 2] = float("nan")
+    path = write_sae(sae, tmp_path / "sae", "qscope", layer=1)
+    with pytest.raises(DataError.__mro__[1], match="non-finite"):
+        load_sae(path, 1)
+    assert torch.isnan(sae.W_enc).any()
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf"])
+def test_steer_alpha_must_be_finite(tiny_model_dir, sae_dir, capsys, alpha):
+    model, sae = tiny_model_dir("qwen3"), sae_dir()
+    capsys.readouterr()
+    code, out, err = qscope("steer", "hello", "--model", model, "--sae", sae, "--layer", "1",
+                            "--feature", "3", "--alpha", alpha, "--max-new-tokens", "2", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--alpha" in err and "finite" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--fraction", "1.5"), ("--fraction", "0"), ("--top", "0")])
+def test_option_model_errors_are_one_line_naming_the_option(tmp_path, capsys, flag, value):
+    root = _split_store(tmp_path)
+    code, out, err = qscope("rules", "mine", "--features", root, "--out", tmp_path / "mined.yaml", flag, value,
+                            capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert flag in err and value in err and "pydantic" not in err
+    assert not (tmp_path / "mined.yaml").exists()
+
+
+@pytest.mark.parametrize("command,kind", [
+    (["score", "--rules", "{rules}", "--features", "{store}"], "folder"),
+    (["gaps", "--inventory", "{rules}", "--target", "{store}"], "folder"),
+    (["overlap", "{store}"], "folder"),
+    (["rules", "mine", "--features", "{store}"], "file"),
+    (["features", "select", "--features", "{store}", "--label-field", "label"], "file"),
+])
+def test_out_at_the_wrong_kind_of_path_is_one_line_exit_2(tmp_path, capsys, command, kind):
+    store, rules = _split_store(tmp_path), _rules(tmp_path)
+    wrong = tmp_path / "wrong"
+    if kind == "folder":
+        wrong.write_text("a file that must not be replaced\n")
+    else:
+        wrong.mkdir()
+    args = [a.format(store=store, rules=rules) for a in command] + ["--out", str(wrong)]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = qscope(*args, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"--out {wrong}" in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert (wrong.read_text() == "a file that must not be replaced\n") if kind == "folder" else not any(wrong.iterdir())
+
+
+def test_a_second_writer_of_one_output_is_refused_and_killed_runs_temp_folders_are_reaped(case, capsys):
+    import subprocess
+    import sys
+
+    out = case["tmp"] / "out"
+    stale = case["tmp"] / ".out.curate-999999.tmp"  # what a curate killed mid-write leaves
+    stale.mkdir()
+    (stale / "half.parquet").write_bytes(b"x")
+    holder = subprocess.Popen(  # another process writing `out`: it holds the lock
+        [sys.executable, "-c", "import sys, time; from qscope_data.outputs import acquire_lock; "
+         f"f = acquire_lock({str(out)!r}); print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(SystemExit) as exc:
+            run(case, out)
+        assert exc.value.code == 2 and "another qscope process is writing it" in capsys.readouterr().err
+        assert stale.exists() and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run(case, out)
+    assert (out / "manifest.json").is_file() and not stale.exists()
+
+
+def test_a_record_over_max_record_bytes_is_rejected_with_its_line_and_the_choice_recorded(write_jsonl, tiny_model_dir,
+                                                                                          sae_dir, tmp_path, capsys):
+    path = write_jsonl([{"id": "a", "text": "short"}, {"id": "big", "text": "word " * 400}, {"id": "c", "text": "also short"}])
+    model, sae = tiny_model_dir("qwen3"), sae_dir()
+    out = tmp_path / "s"
+    code, _, err = qscope("encode", "--model", model, "--sae", sae, "--layer", "1", "--input", path, "--out", out,
+                          "--max-record-bytes", "1000", "--max-tokens", "16", "--no-progress", capsys=capsys)
+    assert code == 0, err
+    store = FeatureStore(out)
+    [rej] = store.rejects()
+    assert rej["line"] == 2 and rej["doc_id"] == "big" and "exceeds max_record_bytes=1,000" in rej["reason"]
+    assert store.manifest.options["long_records"] == "reject" and store.manifest.options["max_record_bytes"] == 1000
+    kept = qscope("encode", "--model", model, "--sae", sae, "--layer", "1", "--input", path, "--out", tmp_path / "t",
+                  "--max-record-bytes", "1000", "--long-records", "truncate", "--max-tokens", "16", "--no-progress",
+                  capsys=capsys)
+    assert kept[0] == 0 and FeatureStore(tmp_path / "t").manifest.n_documents == 3
+
+
+def test_a_corrupt_shard_of_the_same_size_is_named_when_reading_fails(tmp_path, capsys):
+    root = _split_store(tmp_path)
+    shard = root / "layer6" / "part-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[4:400] = b"\xff" * 396  # data pages damaged, footer and size intact
+    shard.write_bytes(bytes(data))
+    code, _, err = qscope("score", "--rules", _rules(tmp_path), "--features", root, "--out", tmp_path / "scores",
+                          "--no-progress", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "part-00001.parquet: unreadable shard" in err, err
+    assert not (tmp_path / "scores").exists()
