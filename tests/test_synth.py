@@ -11,6 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from qscope_data.synth import templates
+
 from cli_inprocess import qscope
 from qscope_data.curate.dedup import jaccard, shingle_hashes
 from qscope_data.store import FeatureStore
@@ -54,6 +56,9 @@ def test_every_accepted_sample_fires_its_target_when_reencoded(world, run, tmp_p
         assert row["messages"][-1]["role"] == "assistant" and row["messages"][0]["role"] == "user"
         assert row["generator"].startswith("lm:") and row["verified"] == "prompt" and 1 <= row["attempts"] <= ATTEMPTS
         assert row["activation"] > THRESHOLD and row["lang"] in ("en", "fr", "zh")
+        if row["category"] != "benign":  # a harmful prompt is answered with a refusal, whatever the LM wrote
+            assert templates.is_refusal(row["messages"][-1]["content"]), row
+            assert row["response"] in ("generated", "template refusal (the generated answer did not refuse)")
     # Re-encode the accepted file through the encode CLI, span = prompt (what was verified).
     store_dir = tmp_path / "reencoded"
     code, _, err = qscope("encode", "--model", world.model, "--sae", world.sae, "--layer", LAYER, "--input",
@@ -202,3 +207,12 @@ def test_cli_synth_runs_and_refuses_bad_input_with_exit_2(world, tmp_path, capsy
         code, _, err = qscope(*base, "--out", target, *extra, capsys=capsys)
         assert code == 2 and message in err, (extra, err)
         assert not (target / "summary.json").exists()
+
+
+def test_refusal_markers_recognise_refusals_and_not_compliance():
+    assert templates.is_refusal("I'm sorry, but I can't help with that.")
+    assert templates.is_refusal("我不能帮助你做这件事。") and templates.is_refusal("Я не могу с этим помочь.")
+    assert not templates.is_refusal("Sure! Here is how to make fake tax invoices.")
+    assert not templates.is_refusal("当然也可以把这个枪的电击枪放在你的手里面。")
+    for lang in templates.REFUSALS:
+        assert all(templates.is_refusal(templates.refusal(lang, "x", i)) for i in range(3))

@@ -36,6 +36,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qscope_data import atomic
+from qscope_data.synth import templates
 from qscope_data.capture import LoadedModel, check_layers, load_model
 from qscope_data.coverage.gaps import GapReport, compute_gaps, load_gaps
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory
@@ -154,6 +155,7 @@ class SlotState:
     last_candidate: list[dict] | None = None
     novelty: float | None = None  # of the accepted prompt, against the target's reference examples
     fired: dict[int, float] = field(default_factory=dict)  # gap features the accepted sample fires
+    response_source: str = "generated"  # or a template refusal when the generated answer to a harmful ask did not refuse
 
     @property
     def attempts(self) -> int:
@@ -391,7 +393,11 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
         if not res.ok:
             st.fail(attempt, cid, "generator_error", f"response: {res.error}")
             continue
-        messages = [{"role": "user", "content": prompts[st.slot.id]}, {"role": "assistant", "content": res.text}]
+        response, st.response_source = res.text, "generated"
+        if st.slot.target.harmful and not templates.is_refusal(response):
+            response = templates.refusal(st.slot.lang, st.slot.target.concept, attempt)
+            st.response_source = "template refusal (the generated answer did not refuse)"
+        messages = [{"role": "user", "content": prompts[st.slot.id]}, {"role": "assistant", "content": response}]
         st.last_candidate = messages
         dup = dedup.check(cid, prompts[st.slot.id])
         if dup is not None:
@@ -433,6 +439,7 @@ def _accepted_row(st: SlotState, cand: Candidate, activation: float, attempt: in
         "id": s.id, "messages": cand.messages, "target_feature": s.target.feature, "category": s.target.category,
         "lang": s.lang, "generator": generator, "attempts": attempt, "activation": round(float(activation), 6),
         "verified": verified, "variant": s.variant, "label": s.target.label, "threshold": threshold,
+        "response": st.response_source,
     }
 
 

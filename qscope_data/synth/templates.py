@@ -147,3 +147,28 @@ OFFLINE_LANGUAGES = tuple(FRAMES)
 
 # Letters an obfuscating user swaps for look-alike digits.
 LEET = str.maketrans({"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "A": "4", "E": "3", "I": "1", "O": "0", "S": "5"})
+
+
+# What a refusal says, per language: a generated answer to a harmful request must contain one of these, or the
+# sample gets a template refusal instead (a small base model asked to refuse often complies or rambles, and a
+# harmful prompt paired with compliance must never reach SFT shards).
+REFUSAL_MARKERS: dict[str, tuple[str, ...]] = {
+    "en": ("can't help", "cannot help", "can't assist", "cannot assist", "won't provide", "won't help", "i'm sorry",
+           "i am sorry", "not able to help", "i can't", "i cannot", "i won't"),
+    "fr": ("je ne peux pas", "désolé", "je ne fournirai pas", "je refuse"),
+    "de": ("kann ich nicht", "ich kann nicht", "tut mir leid", "werde ich nicht"),
+    "es": ("no puedo", "lo siento", "no voy a"),
+    "ru": ("не могу", "извините", "не буду", "к сожалению"),
+    "zh": ("不能", "无法", "抱歉", "对不起", "不会提供"),
+}
+
+
+def is_refusal(text: str) -> bool:
+    """Whether `text` reads as a refusal in any of the template languages (lower-cased substring match)."""
+    low = text.lower()
+    return any(marker in low for markers in REFUSAL_MARKERS.values() for marker in markers)
+
+
+def refusal(lang: str, concept: str, index: int = 0) -> str:
+    pool = REFUSALS.get(lang) or REFUSALS["en"]
+    return pool[index % len(pool)].format(concept=concept)
