@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/sae_quality.py [--sae qscope_data/demo/sae] [--texts 400] [--splice-first]
 
-Held-out text: every `eval_every`-th text of the SAE's training stream (`qscope_data.demo.sae_data`), never trained
-on. Needs ../shared/data (for the text) and the converted Gemma-3-270M (`qscope_data.demo.gemma`). Prints, for our
+Held-out text: the texts of `qscope_data.demo.sae_data` listed in the SAE's `heldout-texts.sha256` (every 20th text
+of its training stream, never trained on). Needs ../shared/data (for the text) and the converted Gemma-3-270M (`qscope_data.demo.gemma`). Prints, for our
 SAE and for zero-ablation, mean-ablation and a random SAE of the same width and k: explained variance, L0, the
 share of features that never fire on the held-out positions, next-token loss with block n's output replaced, and
 loss recovered = (L_zero − L) / (L_zero − L_clean).
@@ -25,7 +25,7 @@ SHARED = ROOT.parent / "shared" / "data"
 def main() -> None:
     from qscope_data.capture import capture, load_model
     from qscope_data.demo import sae_data
-    from qscope_data.demo.demo_sae import RECIPE, SHIPPED
+    from qscope_data.demo.demo_sae import RECIPE, SHIPPED, heldout_hashes
     from qscope_data.demo.gemma import ensure_gemma
     from qscope_data.sae import load_sae, quality
 
@@ -42,7 +42,9 @@ def main() -> None:
     sae = load_sae(args.sae)
     lm = load_model(str(ensure_gemma()), dtype=torch.float32)
     layer = int(sae.layer)
-    texts = [t for _, t in sae_data.training_texts(SHARED, seed=RECIPE["seed"])][:: RECIPE["eval_every"]][: args.texts]
+    held = heldout_hashes(args.sae)
+    texts = [t for _, t in sae_data.training_texts(SHARED, seed=RECIPE["seed"]) if sae_data.text_hash(t) in held]
+    texts = texts[: args.texts]
     rows = []
     for i in range(0, len(texts), 32):
         enc = lm.tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=RECIPE["max_tokens"],

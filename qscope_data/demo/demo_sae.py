@@ -25,6 +25,7 @@ from qscope_data import atomic
 from qscope_data.errors import UsageError
 
 SHIPPED = Path(__file__).with_name("sae")
+HELDOUT_FILE = "heldout-texts.sha256"
 RECIPE = {
     "layer": 12,
     "width": 8192,
@@ -64,6 +65,20 @@ def load_demo_sae(folder: Path = SHIPPED):
 def demo_sae_metrics(folder: Path = SHIPPED) -> dict:
     path = folder / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_heldout_hashes(acts: Path, out: Path) -> Path:
+    """Hashes of every held-out text (never trained on): benchmarks pick their evaluation text from these."""
+    from qscope_data.demo.sae_data import text_hash
+    from qscope_data.sae import activations
+
+    hashes = sorted({text_hash(t) for t in activations.heldout_texts(acts)})
+    atomic.write_text(out / HELDOUT_FILE, "".join(h + "\n" for h in hashes))
+    return out / HELDOUT_FILE
+
+
+def heldout_hashes(folder: Path = SHIPPED) -> set[str]:
+    return set((folder / HELDOUT_FILE).read_text().split())
 
 
 def activation_cache_key(data_fingerprint: str, recipe: dict) -> str:
@@ -143,6 +158,7 @@ def build(shared: Path, out: Path = SHIPPED, *, work: Path | None = None, recipe
                "training": {k: v for k, v in result.metrics.items() if k != "history"},
                "history": result.metrics.get("history", [])}
     atomic.write_json(out / "metrics.json", metrics)
+    write_heldout_hashes(acts, out)
     atomic.write_json(out / "recipe.json", {
         "recipe": r, "backbone": {k: conversion[k] for k in ("model", "gguf", "gguf_sha256", "recipe", "licence")},
         "data_fingerprint": fingerprint, "texts": len(texts), "positions": int(train_x.shape[0]),
