@@ -77,7 +77,8 @@ def build_world(root: Path, model: Path) -> World:
     run_encode(str(model), str(sae_path), [LAYER], _jsonl(root / "ref.jsonl", ref), root / "ref_store", options, progress=False)
     run_encode(str(model), str(sae_path), [LAYER], _jsonl(root / "target.jsonl", target), root / "target_store", options,
                progress=False)
-    inv = select_features(FeatureStore(root / "ref_store"), label_field="category", negative="benign", top=10)
+    inv = select_features(FeatureStore(root / "ref_store"), label_field="category", negative="benign", top=10,
+                          min_purity=0.0)  # a random SAE has no pure features; the synthesis tests need gaps
     assert DEAD not in inv.ids()
     dead = InventoryFeature(id=DEAD, category="weapons", label="dead feature", description="never fires (W_enc row 0)")
     inv = Inventory(provenance=inv.provenance, features=[*inv.features, dead])

@@ -29,7 +29,7 @@ TEXT_FIELDS = {"id", "text", "lang", "label", "category", "source", "split"}
 def test_texts_parse_through_the_input_reader_without_rejects():
     records = list(iter_records(TEXTS))
     assert all(isinstance(r, Record) for r in records)
-    assert 400 <= len(records) <= 600
+    assert 400 <= len(records) <= 700
     assert [r.doc_id for r in records] == [r["id"] for r in load_texts()]
 
 
@@ -127,6 +127,7 @@ def test_sae_training_text_is_licensed_and_leaves_evaluation_rows_out():
     assert sources["ud_text"] > 40_000 and sources["cmrc2018"] > 1000
     texts = sae_data.training_texts(SHARED)
     assert len({t for _, t in texts}) == len(texts)  # deduplicated
-    assert all(len(t) <= 4 * sae_data.CHUNK_CHARS for s, t in texts if s in ("cmrc2018", "jsquad", "arcd"))
+    wiki = [len(t) for s, t in texts if s in ("cmrc2018", "jsquad", "arcd")]
+    assert sum(n <= sae_data.CHUNK_CHARS for n in wiki) >= 0.9 * len(wiki)  # paragraphs cut into sentence groups
     seen = sae_data.training_text_hashes(SHARED)
     assert sae_data.text_hash(texts[0][1]) in seen

@@ -149,7 +149,8 @@ def steer(
 
     from qscope_data.synth.steering import check_alpha
 
-    check_alpha(alpha)  # before loading anything
+    if alpha is not None:  # --eval sweeps its own alphas
+        check_alpha(alpha)  # before loading anything
 
     from qscope_data.capture import load_model
     from qscope_data.sae import load_sae

@@ -108,8 +108,8 @@ def _build_llm(spec: str, lm, cache: AnswerCache, opts: ExplainOptions) -> Cache
     from qscope_data.synth.generators import build_generator, parse_generator_spec
 
     parsed = parse_generator_spec(spec)
-    if parsed.kind == "offline":
-        raise UsageError("--explainer offline: the offline generator only recombines texts and cannot explain; "
+    if parsed.kind in ("offline", "templates", "lm"):
+        raise UsageError(f"--explainer {spec}: the {parsed.kind} generator writes synthetic prompts and cannot explain; "
                          "give hf:<model> or openai:<base_url>?model=<name>")
     if parsed.kind == "hf" and float(parsed.params.get("steer_alpha", 0) or 0) != 0:
         raise UsageError("--explainer hf: steer_alpha is for synthesis; an explainer must not be steered")

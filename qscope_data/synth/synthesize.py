@@ -85,6 +85,7 @@ ACCEPTED_SCHEMA = pa.schema([
     ("variant", pa.string()),
     ("label", pa.string()),
     ("threshold", pa.float64()),
+    ("response", pa.string()),  # "generated", or a template refusal when the generated answer did not refuse
 ])
 STORE_PASSTHROUGH = ("messages", "target_feature", "category", "lang", "generator", "attempts", "activation")
 
