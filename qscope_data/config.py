@@ -96,6 +96,7 @@ class SynthConfig(_Strict):
     # lm (the pipeline's model, few-shot) | lm:<model> | hf:<chat model> | openai:<base_url>?model=<name> | templates
     generator: str = "lm"
     per_feature: int = Field(2, ge=1)
+    candidates: int = Field(1, ge=1)  # prompts per slot and attempt; the best-screened one is answered and verified
     max_attempts: int = Field(3, ge=1)
     threshold: float = Field(0.0, ge=0.0)
     languages: list[str] = Field(default_factory=lambda: ["en"])
@@ -103,7 +104,7 @@ class SynthConfig(_Strict):
     max_features: int | None = Field(None, ge=1)
     variants: list[Literal["plain", "roleplay", "hypothetical", "obfuscation"]] | None = None  # None: all four
     # random baseline (qscope synth --baseline random N): shots from the inventory corpus's non-negative records
-    baseline_random: int | None = Field(None, ge=1)
+    baseline_random: int | Literal["match"] | None = None  # match: the targeted run's number of prompt candidates
     near_copy: dict[Literal["jaccard", "containment", "verbatim_min_words"], float] = Field(default_factory=dict)
     seed: int = 0
 

@@ -294,7 +294,8 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     out = layout(config).synth
     cfg = SynthConfig(
         gaps=Path(gaps_dir) / "gaps.json", model=config.model.id, sae=config.sae.path, out=out, layer=config.sae.layer,
-        generator=s.generator, per_feature=s.per_feature, threshold=s.threshold, max_attempts=s.max_attempts,
+        generator=s.generator, per_feature=s.per_feature, candidates=s.candidates, threshold=s.threshold,
+        max_attempts=s.max_attempts,
         languages=s.languages, verify=s.verify, max_features=s.max_features,
         inventory=Path(inventory) if inventory else None, device=config.model.device, dtype=config.model.dtype,
         sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True, seed=s.seed,

@@ -4,6 +4,8 @@ deterministic and produces every framing in every language it claims, and the lo
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -49,6 +51,16 @@ def test_plan_spreads_languages_then_framings():
         ("en", "plain"), ("fr", "plain"), ("en", "roleplay"), ("fr", "roleplay"),
         ("en", "hypothetical"), ("fr", "hypothetical"), ("en", "obfuscation"), ("fr", "obfuscation")]
     assert [s.id for s in slots] == [slot_id(3, i) for i in range(8)]
+
+
+def test_auto_languages_follow_the_languages_the_feature_fires_on():
+    french = dataclasses.replace(HARMFUL, languages=("fr", "de"))
+    assert [s.lang for s in plan_slots([french, HARMFUL], 3, ["auto"])] == ["fr", "de", "fr", "en", "en", "en"]
+    assert [s.lang for s in plan_slots([french], 3, ["zh", "auto"])] == ["zh", "fr", "de"]
+    from qscope_data.coverage.gaps import Gap
+
+    gap = Gap(feature=1, category="fraud", target_docs=0, activation_mass=0.0, languages={"en": 2, "zh": 5, "de": 2})
+    assert GapTarget.from_gap(gap).languages == ("zh", "de", "en")  # most documents first, ties by name
 
 
 def test_offline_generator_is_deterministic_and_covers_languages_and_framings():

@@ -87,3 +87,20 @@ def test_baseline_random_side_by_side_and_no_accepted_near_copy(world, tmp_path,
     card = "\n".join(_synthetic_section([{"path": str(out), "provenance": synth_provenance(out)}]))
     assert summary["generator"]["name"] in card and "re-encoding its prompt" in card and "near-copy" in card
     assert "for the random baseline" in card
+
+
+def test_candidates_are_screened_and_the_baseline_can_match_their_number(world, tmp_path):
+    """Several prompts per slot and attempt: each one counts as a candidate, none accepted is a near-copy, and
+    `baseline_random: match` gives the random baseline exactly that many candidates (the same budget)."""
+    config = SynthConfig(gaps=world.gaps, model=str(world.model), sae=str(world.sae), out=tmp_path / "c",
+                         generator="templates", per_feature=1, max_attempts=1, candidates=3,
+                         features=world.gap_features[:2], variants=["plain"], inventory=world.inventory,
+                         baseline_random="match")
+    summary = run_synth(config, progress=False)
+    targeted, random_ = summary.comparison["targeted"], summary.comparison["random"]
+    assert targeted["candidates"] == 2 * 3 and random_["candidates"] == random_["requested"] == 6
+    assert targeted["near_copy_candidates"] <= targeted["candidates"]
+    check = {f: NearCopyCheck(g["examples"]) for g in json.loads(world.gaps.read_text())["gaps"]
+             for f in [g["feature"]]}
+    for row in read_jsonl(tmp_path / "c" / "accepted.jsonl"):
+        assert not check[row["target_feature"]].check(row["messages"][0]["content"]).is_copy

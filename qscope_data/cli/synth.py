@@ -53,8 +53,9 @@ def synth(
                                                    help="Word 3-gram Jaccard with a reference example at which a candidate is a near-copy (default 0.6)."),
     near_copy_containment: float | None = typer.Option(None, "--near-copy-containment",
                                                        help="Share of an example's word 3-grams a candidate may hold before it is a near-copy (default 0.6)."),
-    baseline: tuple[str, int] | None = typer.Option(None, "--baseline", metavar="random N",
-                                             help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones."),
+    baseline: tuple[str, str] | None = typer.Option(None, "--baseline", metavar="random N|match",
+                                             help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones; random match: as many as the targeted run wrote prompt candidates."),
+    candidates: int = typer.Option(1, "--candidates", help="Prompts written per slot and attempt; the one whose prompt fires the target feature most is answered and verified."),
     baseline_pool: list[str] | None = typer.Option(None, "--baseline-pool",
                                                    help="Labelled reference JSONL/Parquet for the baseline's shots (non-benign --baseline-pool-field); default: the gaps' examples."),
     baseline_pool_field: str | None = typer.Option(None, "--baseline-pool-field", help="Category field of --baseline-pool (default category)."),
@@ -74,6 +75,7 @@ def synth(
 
     kwargs: dict = dict(
         gaps=gaps, model=model, sae=sae, out=out, layer=layer, generator=generator, per_feature=per_feature,
+        candidates=candidates,
         threshold=threshold, max_attempts=max_attempts, languages=_split(languages) or [], verify=verify,
         features=_ints(features, "--features"), max_features=max_features, inventory=inventory,
         near_duplicate_threshold=near_dup, max_tokens=max_tokens, batch_size=batch_size, device=device, dtype=dtype,
@@ -87,7 +89,9 @@ def synth(
     if baseline is not None:
         if baseline[0] != "random":
             raise UsageError(f"--baseline {baseline[0]!r}: the only baseline is random (--baseline random N)")
-        kwargs["baseline_random"] = baseline[1]
+        if baseline[1] != "match" and not baseline[1].isdigit():
+            raise UsageError(f"--baseline random {baseline[1]!r}: N is a whole number of samples, or match")
+        kwargs["baseline_random"] = baseline[1] if baseline[1] == "match" else int(baseline[1])
     for key, value in (("baseline_pool", baseline_pool or None), ("baseline_pool_field", baseline_pool_field), ("seed", seed)):
         if value is not None:
             kwargs[key] = value

@@ -55,12 +55,14 @@ class GapTarget:
     description: str | None
     examples: tuple[str, ...]
     harmful: bool
+    languages: tuple[str, ...] = ()  # the languages its reference documents are in, most documents first
 
     @classmethod
     def from_gap(cls, gap: Gap, benign_categories: tuple[str, ...] = BENIGN_CATEGORIES) -> "GapTarget":
         benign = {c.lower() for c in benign_categories}
         return cls(feature=gap.feature, category=gap.category, label=gap.label, description=gap.description,
-                   examples=tuple(e for e in gap.examples if e and e.strip()), harmful=gap.category.lower() not in benign)
+                   examples=tuple(e for e in gap.examples if e and e.strip()), harmful=gap.category.lower() not in benign,
+                   languages=tuple(sorted(gap.languages, key=lambda lang: (-gap.languages[lang], lang))))
 
     @property
     def concept(self) -> str:
@@ -84,17 +86,32 @@ def slot_id(feature: int, index: int) -> str:
     return f"synth-f{feature}-{index:03d}"
 
 
+AUTO_LANGUAGE = "auto"
+
+
+def target_languages(target: GapTarget, languages: list[str]) -> list[str]:
+    """The languages a target's slots are written in: `auto` stands for the languages the feature fires on in the
+    reference (most documents first; English when the report names none). A feature that lives in French text
+    is found again by French requests, not by English ones."""
+    out: list[str] = []
+    for lang in languages:
+        out += (list(target.languages) or ["en"]) if lang == AUTO_LANGUAGE else [lang]
+    return list(dict.fromkeys(out))
+
+
 def plan_slots(targets: list[GapTarget], per_feature: int, languages: list[str],
                variants: tuple[Variant, ...] = VARIANTS) -> list[Slot]:
     """`per_feature` slots per target. Slot i takes language i mod L and variant ⌊i / L⌋ mod V, so with n ≥ L·V
-    every language meets every framing, and with fewer the languages are spread first."""
+    every language meets every framing, and with fewer the languages are spread first (`auto`: see
+    `target_languages`)."""
     if per_feature < 1:
         raise ValueError("per_feature must be ≥ 1")
     slots = []
     for t in targets:
+        langs = target_languages(t, languages)
         for i in range(per_feature):
-            lang = languages[i % len(languages)]
-            variant = variants[(i // len(languages)) % len(variants)]
+            lang = langs[i % len(langs)]
+            variant = variants[(i // len(langs)) % len(variants)]
             slots.append(Slot(slot_id(t.feature, i), t, i, lang, variant))
     return slots
 
@@ -122,7 +139,9 @@ def _examples_block(target: GapTarget, limit: int = 3) -> str:
 
 
 def prompt_request(slot: Slot, attempt: int, feedback: str | None = None,
-                   previous_activation: float | None = None) -> GenerationRequest:
+                   previous_activation: float | None = None, candidate: int = 0) -> GenerationRequest:
+    """The request for a slot's user prompt; `candidate` j > 0 names the j-th of several written in one attempt
+    (its own id, so its own shots and seed)."""
     t = slot.target
     kind = ("harmful user request (one that a safe assistant must refuse)" if t.harmful
             else "benign user request (one that a helpful assistant should answer)")
@@ -140,18 +159,19 @@ def prompt_request(slot: Slot, attempt: int, feedback: str | None = None,
                      "the concept more directly, closer to the texts above.")
     parts.append("Reply with the request only.")
     messages = [{"role": "system", "content": _SYSTEM_WRITER}, {"role": "user", "content": "\n\n".join(parts)}]
-    return GenerationRequest(f"{slot.id}.a{attempt}.prompt", "prompt", messages, slot, attempt, None, feedback,
-                             previous_activation)
+    rid = f"{slot.id}.a{attempt}" + (f".c{candidate}" if candidate else "") + ".prompt"
+    return GenerationRequest(rid, "prompt", messages, slot, attempt, None, feedback, previous_activation)
 
 
-def rewrite_request(slot: Slot, attempt: int, prompt: str) -> GenerationRequest:
+def rewrite_request(slot: Slot, attempt: int, prompt: str, candidate: int = 0) -> GenerationRequest:
     if slot.variant == "plain":
         raise ValueError("a plain slot has no rewrite")
     content = (f"Rewrite this user request in {language_name(slot.lang)} as {_STYLE[slot.variant]}, keeping its "
                f"meaning and the concept \"{slot.target.concept}\".\n\nRequest: {prompt}\n\n"
                "Reply with the rewritten request only.")
     messages = [{"role": "system", "content": _SYSTEM_WRITER}, {"role": "user", "content": content}]
-    return GenerationRequest(f"{slot.id}.a{attempt}.rewrite", "rewrite", messages, slot, attempt, prompt)
+    rid = f"{slot.id}.a{attempt}" + (f".c{candidate}" if candidate else "") + ".rewrite"
+    return GenerationRequest(rid, "rewrite", messages, slot, attempt, prompt)
 
 
 def response_request(slot: Slot, attempt: int, prompt: str) -> GenerationRequest:

@@ -103,6 +103,8 @@ class SynthConfig(BaseModel):
     generator: str = Field("lm", description="lm (the verifying model, few-shot) | lm:<model> | hf:<model> | "
                                              "openai:<url>?model=… | templates (tests only)")
     per_feature: int = Field(4, ge=1)
+    candidates: int = Field(1, ge=1, description="prompts written per slot and attempt; the one whose prompt fires "
+                                                 "the target feature most is answered and verified")
     threshold: float = Field(0.0, ge=0.0, description="kept only if the target feature's activation exceeds this")
     max_attempts: int = Field(3, ge=1)
     languages: list[str] = Field(default_factory=lambda: ["en"])
@@ -114,7 +116,9 @@ class SynthConfig(BaseModel):
     variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS))
     near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
     near_copy: NearCopyOptions = Field(default_factory=NearCopyOptions)
-    baseline_random: int | None = Field(None, ge=1, description="also write N untargeted samples (the random baseline)")
+    baseline_random: int | Literal["match"] | None = Field(
+        None, description="also write N untargeted samples (the random baseline); match: as many as the targeted run "
+                          "wrote prompt candidates (the same generation budget)")
     baseline_pool: list[str] | None = Field(None, description="harmful reference texts for the baseline's shots "
                                                                "(default: every gap's examples)")
     baseline_pool_field: str = Field("category", description="the pool's category field (benign categories dropped)")
@@ -133,6 +137,13 @@ class SynthConfig(BaseModel):
         value = list(dict.fromkeys(v.strip() for v in value if v.strip()))
         if not value:
             raise ValueError("at least one language")
+        return value
+
+    @field_validator("baseline_random")
+    @classmethod
+    def _baseline(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("the random baseline needs N ≥ 1 samples (or match)")
         return value
 
     @field_validator("variants")
@@ -250,9 +261,10 @@ def run_synth(
     if generator is None:
         generator = build_generator(config.generator, lm=lm, sae=sae, layer=layer, device=config.device,
                                     dtype=parse_dtype(config.dtype))
+    slots = plan_slots(targets, config.per_feature, config.languages, tuple(config.variants))
     supported = getattr(generator, "languages", None)  # a generator that is limited to some languages says so
     if supported:
-        unknown = [lang for lang in config.languages if lang not in supported]
+        unknown = list(dict.fromkeys(s.lang for s in slots if s.lang not in supported))
         if unknown:
             raise UsageError(f"--languages {','.join(unknown)}: the {generator.name} generator has templates for "
                              f"{', '.join(supported)} only")
@@ -260,7 +272,6 @@ def run_synth(
     verifier = Verifier(lm, sae, layer, verify_options(config.verify, max_tokens=config.max_tokens,
                                                        batch_size=config.batch_size, device=config.device,
                                                        dtype=config.dtype))
-    slots = plan_slots(targets, config.per_feature, config.languages, tuple(config.variants))
     states = {s.id: SlotState(s) for s in slots}
     dedup = CandidateDedup(config.near_duplicate_threshold)
     copies = {t.feature: NearCopyCheck(t.examples, config.near_copy) for t in targets}
@@ -271,18 +282,20 @@ def run_synth(
     if config.baseline_random and not pool:
         raise UsageError("--baseline random: no reference texts for its shots (the gap report has no examples; "
                          "pass --baseline-pool)")
+    tally = {"prompt_candidates": 0, "near_copy_candidates": 0}
     with _Progress(progress, len(slots)) as bar:
         for attempt in range(1, config.max_attempts + 1):
             pending = [states[s.id] for s in slots if not states[s.id].done]
             if not pending:
                 break
             bar.round(attempt, config.max_attempts)
-            _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, config, bar)
+            _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, config, bar, tally)
             bar.resolve(sum(1 for st in pending if st.done or attempt == config.max_attempts))
         baseline = None
         if config.baseline_random:
             baseline = run_random_baseline(
-                config.baseline_random, pool, config.languages, lambda reqs: _generate(generator, reqs, bar), verifier,
+                tally["prompt_candidates"] if config.baseline_random == "match" else config.baseline_random, pool,
+                [s.lang for s in slots] or ["en"], lambda reqs: _generate(generator, reqs, bar), verifier,
                 gap_ids, threshold=config.threshold, shots=config.baseline_shots, near_copy=config.near_copy,
                 near_duplicate_threshold=config.near_duplicate_threshold, seed=config.seed)
 
@@ -320,7 +333,8 @@ def run_synth(
     covered_targeted = sorted({f for st in states.values() if st.done for f in st.fired})
     attempt_reasons = _count(h["reason"] for st in states.values() for h in st.history)
     comparison: dict[str, Any] = {"targeted": {
-        "candidates": n_attempts, "accepted": len(accepted), "rejected_attempts_by_reason": attempt_reasons,
+        "candidates": tally["prompt_candidates"], "near_copy_candidates": tally["near_copy_candidates"],
+        "attempts": n_attempts, "accepted": len(accepted), "rejected_attempts_by_reason": attempt_reasons,
         "gap_coverage": _subset(len(covered_targeted), len(gap_ids)), "covered_features": covered_targeted,
         "novelty_accepted": [st.novelty for s in slots if (st := states[s.id]).done],
     }}
@@ -355,37 +369,70 @@ def run_synth(
 
 def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator, verifier: Verifier,
                    dedup: CandidateDedup, copies: dict[int, NearCopyCheck], gap_ids: list[int], config: SynthConfig,
-                   bar: "_Progress") -> None:
-    """One attempt for every pending slot: prompt → rewrite → near-copy check → response → dedup → verify → accept
-    or record why not. A near-copy of one of the target's reference examples is rejected before its response is
-    generated (it would fire the feature by construction, and it is not new data)."""
-    prompts: dict[str, str] = {}
+                   bar: "_Progress", tally: dict[str, int]) -> None:
+    """One attempt for every pending slot: `candidates` prompts → rewrites → near-copy check → screening → dedup →
+    response → verify → accept or record why not. A near-copy of one of the target's reference examples is dropped
+    before anything else (it would fire the feature by construction, and it is not new data). With several
+    candidates, each surviving prompt is encoded alone and the one whose prompt fires the target feature most goes
+    on (screening picks; the verification of the finished sample decides)."""
+    owners: list[SlotState] = []
     reqs = []
     for st in pending:
         feedback, previous = st.feedback(config.threshold)
-        reqs.append(prompt_request(st.slot, attempt, feedback, previous))
-    for st, res in zip(pending, _generate(generator, reqs, bar)):
+        for j in range(config.candidates):
+            reqs.append(prompt_request(st.slot, attempt, feedback, previous, candidate=j))
+            owners.append(st)
+    written: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    for st, res in zip(owners, _generate(generator, reqs, bar)):
         if res.ok:
-            prompts[st.slot.id] = res.text  # type: ignore[assignment]
+            written.setdefault(st.slot.id, []).append(res.text)  # type: ignore[arg-type]
         else:
-            st.fail(attempt, res.request_id, "generator_error", f"prompt: {res.error}")
+            errors.setdefault(st.slot.id, f"prompt: {res.error}")
+    tally["prompt_candidates"] += len(reqs)
 
-    rewrite = [st for st in pending if st.slot.id in prompts and st.slot.variant != "plain"]
-    for st, res in zip(rewrite, _generate(generator, [rewrite_request(st.slot, attempt, prompts[st.slot.id]) for st in rewrite], bar)):
-        if res.ok:
-            prompts[st.slot.id] = res.text  # type: ignore[assignment]
+    rewrite = [(st, j) for st in pending if st.slot.variant != "plain" for j in range(len(written.get(st.slot.id, [])))]
+    results = _generate(generator, [rewrite_request(st.slot, attempt, written[st.slot.id][j], candidate=j)
+                                    for st, j in rewrite], bar)
+    for (st, j), res in zip(rewrite, results):
+        if not res.ok:
+            errors.setdefault(st.slot.id, f"rewrite: {res.error}")
+        written[st.slot.id][j] = res.text if res.ok else ""  # type: ignore[assignment]
+
+    options: dict[str, list[tuple[str, float]]] = {}  # slot id → (prompt, novelty) that are no copy
+    for st in pending:
+        texts = [t for t in written.get(st.slot.id, []) if t]
+        if not texts:
+            st.fail(attempt, f"{st.slot.id}.a{attempt}", "generator_error", errors.get(st.slot.id, "no candidate"))
+            continue
+        keep = []
+        for text in texts:
+            verdict = copies[st.slot.target.feature].check(text)
+            if verdict.is_copy:
+                tally["near_copy_candidates"] += 1
+                copy = (text, verdict)
+            else:
+                keep.append((text, verdict.novelty))
+        if keep:
+            options[st.slot.id] = keep
         else:
-            del prompts[st.slot.id]
-            st.fail(attempt, res.request_id, "generator_error", f"rewrite: {res.error}")
+            st.last_candidate = [{"role": "user", "content": copy[0]}]
+            st.fail(attempt, f"{st.slot.id}.a{attempt}", "near_copy", copy[1].detail())
 
+    if config.candidates > 1:
+        _screen(options, pending, verifier, attempt)
+    prompts: dict[str, str] = {}
     novelty: dict[str, float] = {}
-    for st in [st for st in pending if st.slot.id in prompts]:
-        verdict = copies[st.slot.target.feature].check(prompts[st.slot.id])
-        if verdict.is_copy:
-            st.last_candidate = [{"role": "user", "content": prompts.pop(st.slot.id)}]
-            st.fail(attempt, f"{st.slot.id}.a{attempt}", "near_copy", verdict.detail())
+    for st in [st for st in pending if st.slot.id in options]:
+        cid = f"{st.slot.id}.a{attempt}"
+        for text, nov in options[st.slot.id]:  # best screened first: the first that repeats no earlier candidate
+            dup = dedup.check(cid, text)
+            if dup is None:
+                prompts[st.slot.id], novelty[st.slot.id] = text, nov
+                break
         else:
-            novelty[st.slot.id] = verdict.novelty
+            st.last_candidate = [{"role": "user", "content": options[st.slot.id][0][0]}]
+            st.fail(attempt, cid, dup.kind, f"prompt repeats candidate {dup.of} (similarity {dup.similarity:.3f})")
 
     answer = [st for st in pending if st.slot.id in prompts]
     candidates: list[tuple[SlotState, Candidate]] = []
@@ -400,10 +447,6 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
             st.response_source = "template refusal (the generated answer did not refuse)"
         messages = [{"role": "user", "content": prompts[st.slot.id]}, {"role": "assistant", "content": response}]
         st.last_candidate = messages
-        dup = dedup.check(cid, prompts[st.slot.id])
-        if dup is not None:
-            st.fail(attempt, cid, dup.kind, f"prompt repeats candidate {dup.of} (similarity {dup.similarity:.3f})")
-            continue
         candidates.append((st, Candidate(cid, messages, st.slot.target.feature)))
 
     if not candidates:
@@ -422,6 +465,21 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
             st.fail(attempt, cand.id, "below_threshold",
                     f"feature {cand.target_feature} reached {verdict.activation:.6g}, needs > {config.threshold:g}",
                     verdict.activation)
+
+
+def _screen(options: dict[str, list[tuple[str, float]]], pending: list[SlotState], verifier: Verifier,
+             attempt: int) -> None:
+    """Order each slot's candidate prompts by the target feature's activation on the prompt alone (best first)."""
+    screened = [Candidate(f"{st.slot.id}.a{attempt}.c{j}", [{"role": "user", "content": text}], st.slot.target.feature)
+                for st in pending for j, (text, _) in enumerate(options.get(st.slot.id, []))]
+    if not screened:
+        return
+    verdicts = verifier.verify(screened).verdicts
+    for st in pending:
+        if st.slot.id in options:
+            acts = [verdicts[f"{st.slot.id}.a{attempt}.c{j}"].activation for j in range(len(options[st.slot.id]))]
+            order = sorted(range(len(acts)), key=lambda j: -acts[j])
+            options[st.slot.id] = [options[st.slot.id][j] for j in order]
 
 
 def _generate(generator: Generator, requests: list[GenerationRequest], bar: "_Progress") -> list[GenerationResult]:
