@@ -24,8 +24,8 @@ Memory is bounded by a batch, one output shard (``--max-shard-rows`` / ``--max-s
 never by the corpus' text: the input is read twice (pass 1: ids and metadata for the checks and the rule decisions;
 pass 2: formatting and dedup), formatted rows are spilled to a Parquet file in the hidden folder and read back one
 shard at a time. Per record that costs a row of a polars frame (about 100 bytes plus its doc_id, source, file, lang,
-category and reason strings) and dedup's 56 bytes (dedup.py); the scores add a byte per rule. The synthetic samples
-of ``--synth`` are held whole (they are small next to a corpus).
+category and reason strings) and dedup's 56 bytes (+ ~100 per distinct content, dedup.py); the scores add a byte
+per rule. The synthetic samples of ``--synth`` are held whole (they are small next to a corpus).
 """
 
 from __future__ import annotations
@@ -366,7 +366,8 @@ def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
 META_SCHEMA = {"doc_id": pl.String, "source": pl.String, "file": pl.String, "line": pl.Int64, "lang": pl.String,
                "category": pl.String, "reason": pl.String, "detail": pl.String, "synth": pl.Int64}
 META_BATCH = 16_384  # records held as Python values before they become a frame chunk
-SPILL_BATCH = 2_048  # formatted rows held before they are appended to the spill file
+SPILL_BATCH = 2_048  # formatted rows held before they are appended to the spill file (one row group) …
+SPILL_CHARS = 2 << 20  # … or fewer, once their text reaches this many characters
 SPILL = ".rows.parquet"
 POS = "__pos"
 
@@ -553,6 +554,7 @@ def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[S
     fmt_reason: list[str] = []
     rows: list[dict[str, Any]] = []
     row_pos: list[int] = []
+    held = [0]  # characters of text in `rows`
 
     def flush() -> None:
         if rows:
@@ -561,6 +563,7 @@ def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[S
             writer.write_table(table.append_column(POS, pa.array(row_pos, pa.int64())))
             spilled.extend(row_pos)
             rows.clear(), row_pos.clear()
+            held[0] = 0
 
     def survivors():
         cols = ["doc_id", "source", "file", "line", "lang", "category", "reason", "synth", "rules", "flags", "n_tokens"]
@@ -590,7 +593,8 @@ def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[S
                              "rules": rules, "flags": flags, "n_tokens": n_tokens,
                              "synthetic": None if synth is None else _synthetic_struct(sample)})
                 row_pos.append(pos)
-                if len(rows) >= SPILL_BATCH:
+                held[0] += len(text) if text is not None else sum(len(str(m.get("content", ""))) for m in messages)
+                if len(rows) >= SPILL_BATCH or held[0] >= SPILL_CHARS:
                     flush()
                 yield dedup_mod.DedupDoc(doc_id, text, messages)
         flush()
@@ -662,9 +666,10 @@ def _apply_quarantine_and_quotas(meta: pl.DataFrame, quarantine: bool, quotas: d
 
 def _spilled_rows(stage: Path, keep: np.ndarray) -> Iterator[pa.Table]:
     """The spilled rows whose position `keep` marks, in order, a batch at a time (without the position column)."""
-    for batch in pq.ParquetFile(stage / SPILL).iter_batches(batch_size=SPILL_BATCH):
+    spill = pq.ParquetFile(stage / SPILL)
+    for batch in (spill.read_row_group(i) for i in range(spill.num_row_groups)):  # row groups of ≤ SPILL_CHARS text
         mask = keep[batch.column(POS).to_numpy()]
-        yield pa.Table.from_batches([batch]).filter(pa.array(mask)).drop_columns([POS])
+        yield batch.filter(pa.array(mask)).drop_columns([POS])
 
 
 def _removed_table(meta: pl.DataFrame) -> pa.Table:

@@ -21,8 +21,8 @@ Definitions (the defaults are the documented contract; docs/curate.md):
 The caller orders the documents (input records first, then synthetic ones) so that "first" is the one to keep.
 
 Memory: `find_duplicates` streams the documents once and keeps per document 56 bytes (content digest, position,
-spill offsets); shingles and band keys go to temporary files and only confirmed pairs come back (see
-`duplicate_positions`), so a corpus' text is never held. `NearDuplicateIndex` (one datasketch index, shingle sets in
+spill offsets; ~100 more per distinct content); shingles and band keys go to temporary files and only confirmed
+pairs come back (see `duplicate_positions`), so a corpus' text is never held. `NearDuplicateIndex` (one datasketch index, shingle sets in
 memory) stays for small incremental sets such as synthesis' near-copy checks.
 """
 
@@ -224,18 +224,21 @@ def duplicate_positions(
 ) -> DuplicatePositions:
     """The decisions of the contract (module doc) in two passes, so memory holds no text and no shingle set.
 
-    Pass 1 streams the documents once: per document its 32-byte content digest, and for one with shingles its
-    shingles (to a spill file) and its LSH band keys (datasketch's bands and rows, appended band by band to files).
+    Pass 1 streams the documents once: per document its 32-byte content digest, and for the first of its content
+    with shingles its shingles (to a spill file) and LSH band keys (datasketch's bands and rows, appended band by
+    band to files).
     Pass 2 finds exact repeats by sorting the digests, then for each band the documents sharing a bucket (exact
     repeats left out: the in-process index never held them), confirms each candidate pair by exact Jaccard and
     resolves the edges in input order: a document is a near duplicate of the earliest *kept* document it has an
     edge to — what the sequential index decides. Memory per document: 32 bytes (digest) + 8 (index) + 16 (spill
-    offsets) in pass 1; pass 2 adds one band (rows × 4 bytes) and its sort at a time, plus the confirmed edges.
+    offsets) in pass 1, and ~100 bytes per distinct content (the set that skips exact repeats' shingling); pass 2
+    adds one band (rows × 4 bytes) and its sort at a time, plus the confirmed edges.
     Spill files live in a temporary folder under `workdir` (default: the system's) and are removed at the end."""
     lsh_threshold(threshold)
     bands, rows = lsh_bands(threshold, num_perm) if near else (0, 0)
     template = minhash_template(num_perm, seed) if near else None
     digests = bytearray()
+    seen: set[bytes] = set()
     indexed = array("q")  # position of each document with shingles, in band-file order
     with tempfile.TemporaryDirectory(prefix="qscope-dedup-", dir=workdir) as tmp:
         spill = _ShingleSpill(Path(tmp) / "shingles.u32")
@@ -254,8 +257,10 @@ def duplicate_positions(
             for doc in docs:
                 if on_doc is not None:
                     on_doc()
-                digests += exact_digest(doc)
-                if near:
+                digest = exact_digest(doc)
+                digests += digest
+                if near and digest not in seen:  # an exact repeat is never indexed: no shingles for it
+                    seen.add(digest)
                     sh = shingle_hashes(plain_text(doc), ngram)
                     if sh:
                         spill.add(sh)
@@ -266,6 +271,7 @@ def duplicate_positions(
                 n += 1
             flush()
             spill.flush()
+            seen.clear()
             keys = np.frombuffer(bytes(digests), dtype="S32")
             del digests
             first = _first_of_key(keys)
