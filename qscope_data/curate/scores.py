@@ -21,14 +21,18 @@ from qscope_data.errors import DataError
 SCORES = "scores.parquet"
 SUMMARY = "summary.json"
 ACTIONS = ("drop", "flag", "keep")
+LANG = "__lang__"  # the scores' lang in `Scores.frame` (a rule may be named `lang`)
 
 
 @dataclass
 class Scores:
+    """A checked scores folder. Per document it keeps one row of `frame` (doc_id, one boolean per rule in the
+    summary's order, lang): about 1 byte a rule plus the doc_id and lang strings, never Python objects per document;
+    `matched` and `lang` build the per-document dicts on demand for callers that want them."""
+
     path: Path
     actions: dict[str, str]  # rule → action, in the summary's order
-    matched: dict[str, list[str]]  # doc_id → rules hit (summary order); every scored doc_id is a key
-    lang: dict[str, str]  # doc_id → lang, where the scores carry one
+    frame: pl.DataFrame  # doc_id, the rules' columns (null → False), LANG (null where the scores carry none)
     summary_sha256: str
     scores_sha256: str
     store_manifest_sha256: str | None
@@ -36,8 +40,20 @@ class Scores:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def doc_ids(self) -> set[str]:
-        return set(self.matched)
+    def matched(self) -> dict[str, list[str]]:
+        """doc_id → rules hit (summary order); every scored doc_id is a key."""
+        names = list(self.actions)
+        return {row[0]: [n for n, hit in zip(names, row[1:]) if hit]
+                for row in self.frame.select(["doc_id", *names]).iter_rows()}
+
+    @property
+    def lang(self) -> dict[str, str]:
+        """doc_id → lang, where the scores carry one."""
+        return {d: v for d, v in self.frame.select("doc_id", LANG).iter_rows() if v is not None}
+
+    @property
+    def doc_ids(self) -> pl.Series:
+        return self.frame["doc_id"]
 
 
 def _rule_files(value: Any, path: Path) -> dict[str, str]:
@@ -87,14 +103,11 @@ def load_scores(folder: str | Path) -> Scores:
     if len(dupes):
         raise DataError(f"{scores_path}: doc_id {dupes[0]!r} appears more than once")
     names = list(actions)
-    hits = frame.select(["doc_id", *[pl.col(n).fill_null(False) for n in names]])
-    matched = {row[0]: [n for n, hit in zip(names, row[1:]) if hit] for row in hits.iter_rows()}
-    lang: dict[str, str] = {}
-    if "lang" in schema and schema["lang"] == pl.String:
-        lang = {d: v for d, v in frame.select("doc_id", "lang").iter_rows() if v is not None}
+    lang = (pl.col("lang") if "lang" in schema and schema["lang"] == pl.String else pl.lit(None, dtype=pl.String)).alias(LANG)
+    kept = frame.select(["doc_id", *[pl.col(n).fill_null(False) for n in names], lang])
     store_hash = summary.get("store_manifest_sha256")
     return Scores(
-        path=folder, actions=actions, matched=matched, lang=lang,
+        path=folder, actions=actions, frame=kept,
         summary_sha256=atomic.sha256_file(summary_path), scores_sha256=atomic.sha256_file(scores_path),
         store_manifest_sha256=str(store_hash) if store_hash else None,
         rule_files=_rule_files(summary.get("rule_files"), summary_path), summary=summary,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 
@@ -47,16 +47,36 @@ def write_split(
     max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int | None = DEFAULT_MAX_BYTES, jsonl: bool = False,
 ) -> list[FileEntry]:
     """Write `table` as shards under root/folder (an empty table gives one empty shard, so the split loads)."""
-    rows = table.to_pylist()
-    lines = [row_json(r) for r in rows]
-    ranges = plan_shards([len(line.encode("utf-8")) + 1 for line in lines], max_rows=max_rows, max_bytes=max_bytes)
+    sizes = [len(row_json(r).encode("utf-8")) + 1 for r in table.to_pylist()]
+    return write_split_batches([table], sizes, table.schema, root, folder, split, max_rows=max_rows,
+                               max_bytes=max_bytes, jsonl=jsonl)
+
+
+def write_split_batches(
+    tables: Iterable[pa.Table], sizes: Sequence[int], schema: pa.Schema, root: Path, folder: str, split: str, *,
+    max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int | None = DEFAULT_MAX_BYTES, jsonl: bool = False,
+) -> list[FileEntry]:
+    """`write_split` of the rows of `tables` taken in order, whose JSON sizes (`sizes`, one per row) are known
+    beforehand: the same files, with memory holding one shard (≤ max_rows rows / ≤ max_bytes) at a time."""
+    ranges = plan_shards(sizes, max_rows=max_rows, max_bytes=max_bytes)
+    source = iter(tables)
+    pending: list[pa.Table] = []
+    have = 0
     entries: list[FileEntry] = []
     n = len(ranges)
     for i, (start, stop) in enumerate(ranges):
+        while have < stop - start:
+            part = next(source)
+            pending.append(part)
+            have += part.num_rows
+        rows = pa.concat_tables(pending) if pending else schema.empty_table()
+        # cast: rows read back from Parquet name list items "element"; the shard keeps the schema's own names
+        shard, rest = rows.slice(0, stop - start).combine_chunks().cast(schema), rows.slice(stop - start)
+        pending, have = ([rest] if rest.num_rows else []), rest.num_rows
         stem = f"{folder}/{split}-{i:05d}-of-{n:05d}"
-        atomic.write_parquet(root / f"{stem}.parquet", table.slice(start, stop - start))
+        atomic.write_parquet(root / f"{stem}.parquet", shard)
         entries.append(file_entry(root, f"{stem}.parquet", split=split))
         if jsonl:
-            atomic.write_text(root / f"{stem}.jsonl", "".join(line + "\n" for line in lines[start:stop]))
+            atomic.write_text(root / f"{stem}.jsonl", "".join(row_json(r) + "\n" for r in shard.to_pylist()))
             entries.append(file_entry(root, f"{stem}.jsonl", split=split))
     return entries
