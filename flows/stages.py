@@ -100,7 +100,8 @@ def synth_flow(config_path: str, executor: Executor | None = None, resume: bool 
     if gaps is None:
         upstream = gaps_flow(config_path, executor, resume)
         gaps, inventory = upstream["gaps"], upstream["inventory"]
-    made = configured(synth_task, config, resume)(config, inputs=[gaps, inventory], gaps_dir=gaps, inventory=inventory)
+    made = configured(synth_task, config, resume)(config, inputs=[gaps, inventory], gaps_dir=gaps, inventory=inventory,
+                                                  executor=executor)
     publish(config, made)
     return {"synth": made["outputs"]["synth"]}
 

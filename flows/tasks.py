@@ -155,9 +155,10 @@ def gaps_task(config: PipelineConfig, inputs: list[str], inventory: str, target_
 
 
 @task(name="synth", **_TASK)
-def synth_task(config: PipelineConfig, inputs: list[str], gaps_dir: str, inventory: str | None = None) -> dict[str, Any]:
+def synth_task(config: PipelineConfig, inputs: list[str], gaps_dir: str, inventory: str | None = None,
+               executor: stages.Executor | None = None) -> dict[str, Any]:
     with gpu_slot(config):
-        return finished(config, "synth", asdict(stages.synthesize_gaps(config, gaps_dir, inventory)))
+        return finished(config, "synth", asdict(stages.synthesize_gaps(config, gaps_dir, inventory, executor=executor)))
 
 
 @task(name="curate", **_TASK)

@@ -14,16 +14,16 @@ it on the CPU when TRITON_INTERPRET=1). ``auto`` picks triton for CUDA tensors w
 from __future__ import annotations
 
 import importlib.util
-from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
 from qscope_kernels.blocked import blocked_topk_encode
 from qscope_kernels.canonical import PAD_ID
 from qscope_kernels.dense import dense_topk_encode
+from qscope_kernels.precision import ieee_fp32
 
-__all__ = ["PAD_ID", "Impl", "blocked_topk_encode", "dense_topk_encode", "resolve_impl", "topk_encode"]
+__all__ = ["PAD_ID", "Impl", "blocked_topk_encode", "dense_topk_encode", "ieee_fp32", "resolve_impl", "topk_encode"]
 
 Impl = Literal["auto", "dense", "blocked", "triton"]
 IMPLS = ("auto", "dense", "blocked", "triton")
@@ -63,27 +63,8 @@ def topk_encode(
     if not 1 <= k <= W_enc.shape[0]:
         raise ValueError(f"k must be in 1..d_sae={W_enc.shape[0]}, got {k}")
     chosen = resolve_impl(impl, x)
-    with ieee_fp32(x):
+    with ieee_fp32():  # the certificate's error bound assumes IEEE fp32 (see precision.py)
         return _dispatch(chosen, x, W_enc, b_enc, k, x_offset, **kwargs)
-
-
-@contextmanager
-def ieee_fp32(x: torch.Tensor) -> Iterator[None]:
-    """IEEE fp32 matmuls for the duration of one encode on CUDA: the canonical finish's certificate assumes fp32
-    accumulation, and TF32 (`torch.backends.cuda.matmul.allow_tf32`, `set_float32_matmul_precision("high")`)
-    rounds inputs to 10 mantissa bits. The caller's settings are restored afterwards."""
-    if not x.is_cuda:
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
-        torch.set_float32_matmul_precision(saved[2])
 
 
 def _dispatch(chosen: str, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,

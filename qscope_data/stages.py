@@ -197,11 +197,10 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
             overwrite = True
     common = dict(revision=config.model.revision, trust_remote_code=config.model.trust_remote_code, sae_k=config.sae.k)
     if (executor or enc.executor) == "ray":
-        from qscope_data.executors.ray import RayOptions, run_encode_ray
+        from qscope_data.executors.placement import ray_options
+        from qscope_data.executors.ray import run_encode_ray
 
-        ray_opts = RayOptions(address=enc.ray_address, workers=enc.workers, gpus_per_worker=enc.gpus_per_worker,
-                              cpus_per_worker=enc.cpus_per_worker)
-        summary = run_encode_ray(config.model.id, config.sae.path, layers, c.input, out, options, ray_opts,
+        summary = run_encode_ray(config.model.id, config.sae.path, layers, c.input, out, options, ray_options(config),
                                  overwrite=overwrite, progress=progress, **common)
     else:
         summary = run_encode(config.model.id, config.sae.path, layers, c.input, out, options, overwrite=overwrite,
@@ -284,8 +283,12 @@ def find_gaps(config: PipelineConfig, inventory: str, target_store: str, dashboa
                        gap_report_markdown(report))
 
 
-def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None = None) -> StageResult:
-    """Targeted synthesis for the gaps; a sample is kept only if re-encoding shows its target feature fires."""
+def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None = None, *,
+                    executor: Executor | None = None) -> StageResult:
+    """Targeted synthesis for the gaps; a sample is kept only if re-encoding shows its target feature fires.
+    It loads the model (generation with a local generator, verification always): with the Ray executor it runs as
+    a Ray task holding the encoder actors' GPUs (`executors.placement`), never in the driver."""
+    from qscope_data.executors.placement import ray_options, run_placed
     from qscope_data.synth.synthesize import SynthConfig, run_synth
 
     s = config.synth
@@ -302,7 +305,9 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
         baseline_random=s.baseline_random, near_copy=dict(s.near_copy), **baseline_pool(config),
         **({"variants": s.variants} if s.variants else {}),
     )
-    summary = run_synth(cfg, progress=interactive())
+    where = executor or config.encode.executor
+    summary, placement = run_placed(run_synth, cfg, progress=interactive() and where == "local", executor=where,
+                                    ray=ray_options(config))
     t, cov = summary.totals, summary.coverage
 
     def pct(part: dict) -> str:
@@ -312,13 +317,15 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     md = (f"### synth\n\n{t.get('accepted', 0)} of {t.get('requested', 0)} sample(s) accepted for {t.get('features', 0)} "
           f"gap feature(s) in {t.get('attempts', 0)} attempt(s) (generator `{s.generator}`); inventory coverage "
           f"{pct(before)} → {pct(after)}; rejected by reason: {json.dumps(t.get('rejected_by_reason', {}))}\n")
+    md += ("\nRan as a Ray task on node {node} (num_gpus {num_gpus:g}).\n".format(**placement)
+           if placement["executor"] == "ray" else "")
     comp = summary.comparison
     if "random" in comp:
         tg, rd = comp["targeted"]["gap_coverage"], comp["random"]["gap_coverage"]
         md += (f"\nGap features covered: targeted {tg['covered']}/{tg['total']} vs random baseline "
                f"{rd['covered']}/{rd['total']} ({comp['random']['candidates']} candidates, same generator).\n")
     return StageResult("synth", {"synth": str(out)}, {"totals": t, "coverage": summary.coverage,
-                                                      "comparison": _without_lists(comp)}, md)
+                                                      "comparison": _without_lists(comp), "placement": placement}, md)
 
 
 def baseline_pool(config: PipelineConfig) -> dict:

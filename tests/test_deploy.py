@@ -117,3 +117,28 @@ def test_dockerfile_copies_what_exists_and_is_cuda_based():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (REPO / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+
+
+def _cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if str(quantity).endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("config", sorted({d["parameters"]["config_path"] for d in deployments()}))
+def test_gpu_stages_fit_a_gpu_worker_and_never_the_head(config):
+    """What the GPU stages ask Ray for (encoder actors and the synth task: encode.gpus_per_worker GPUs and
+    cpus_per_worker CPUs each) fits one GPU worker pod of every manifest, and the head offers neither CPUs nor GPUs
+    to tasks, so the model is never loaded in the driver's pod."""
+    from qscope_data.config import load_config
+    from qscope_data.executors.placement import ray_options
+
+    opts = ray_options(load_config(REPO / config.removeprefix(IMAGE_ROOT)))
+    assert opts.gpus_per_worker > 0
+    for name, doc in manifests().items():
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        head = spec["headGroupSpec"]
+        assert head["rayStartParams"].get("num-cpus") == "0" and head["rayStartParams"].get("num-gpus") == "0", name
+        assert not any("nvidia.com/gpu" in str(c.get("resources", {})) for c in head["template"]["spec"]["containers"])
+        for g in _gpu_groups(spec):
+            assert opts.gpus_per_worker <= float(g["rayStartParams"]["num-gpus"]), (name, g["groupName"])
+            (container,) = g["template"]["spec"]["containers"]
+            assert opts.cpus_per_worker + opts.tokenize_cpus <= _cpus(container["resources"]["requests"]["cpu"]), name

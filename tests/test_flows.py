@@ -204,3 +204,82 @@ def test_the_weekly_gap_report_flow_runs_on_its_own(prefect_server, workspace):
                  if t.id not in wrappers]
     assert sorted(t.name.split("-")[0] for t in tasks) == ["encode", "encode", "gaps", "select"]
     assert {t.state.name for t in tasks} == {"Cached"}
+
+
+def _variant(workspace: Path, name: str, change) -> Path:
+    """The workspace config with `change` applied, saved as `name`."""
+    config = yaml.safe_load((workspace / "pipeline.yaml").read_text())
+    change(config)
+    path = (workspace / name).resolve()
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_a_run_where_every_generation_request_fails_exits_non_zero_with_one_line_per_failure(prefect_server, workspace,
+                                                                                           monkeypatch, capfd):
+    """A generator that answers every request 401 fails the synth stage (after its retries): `qscope run` exits 1
+    naming the first error, and without --debug Prefect's failure logs are one line each — no traceback."""
+    from test_synth_http import KEY, KEY_ENV, ChatServer
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with ChatServer(lambda rid, n: ("status", 401, None)) as server:
+        path = _variant(workspace, "401.yaml", lambda c: c["synth"].update(
+            generator=f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}&max_retries=0"))
+        with pytest.raises(SystemExit) as exc:
+            main(["run", str(path)])
+        assert server.auth and all(a == f"Bearer {KEY}" for a in server.auth)  # the requests really went out
+    out, err = capfd.readouterr()
+    printed = out + err
+    assert exc.value.code == 1, printed
+    errors = [line for line in err.splitlines() if line.startswith("qscope: error:")]
+    assert len(errors) == 1 and "every generator request failed" in errors[0] and "HTTP 401" in errors[0], printed
+    failures = [line for line in printed.splitlines() if "every generator request failed" in line]
+    assert len(failures) >= 3, printed  # Prefect logged the task's tries and the flows' failures: one line each
+    assert "Traceback" not in printed and "File \"" not in printed and KEY not in printed, printed
+    ((_, tasks),) = flow_runs_of(path)
+    (synth,) = stage_tasks(tasks)["synth"]
+    assert synth.state.is_failed()
+    assert not (workspace / "run" / "synth" / "summary.json").exists()
+
+
+def test_a_leaked_gpu_slot_times_out_with_how_to_free_it(prefect_server, workspace):
+    """A slot of the GPU limit held by nobody (what a run killed inside a GPU stage leaves) makes the next run fail
+    after `orchestration.gpu_slot_timeout_s`, exit 2, naming the command that frees it — not wait forever; that
+    command frees it, and the slot is taken at once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.settings import PREFECT_API_URL
+
+    from qscope_data.config import load_config
+    from qscope_flows.tasks import gpu_slot
+
+    limit = "qscope-gpu-leaked"
+    path = _variant(workspace, "leaked.yaml", lambda c: (c.update(workdir="./run-leaked"), c["orchestration"].update(
+        gpu_limit=limit, gpu_slot_timeout_s=3)))
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1, active_slots=1))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test server
+    # the real entry point in its own process, so a run that waits forever fails here instead of hanging the suite
+    ran = subprocess.run([sys.executable, "-m", "qscope_data", "run", str(path)], capture_output=True, text=True,
+                         env=env, timeout=400)
+    err = [line for line in ran.stderr.splitlines() if line.startswith("qscope: error:")]
+    fix = f"prefect gcl update {limit} --active-slots 0"
+    assert ran.returncode == 2 and len(err) == 1 and limit in err[0] and fix in err[0] and "within 3 s" in err[0], ran.stderr
+    assert "Traceback" not in ran.stderr and not (workspace / "run-leaked" / "stores" / "texts" / "manifest.json").exists()
+    ((_, tasks),) = flow_runs_of(path)
+    assert [t.run_count for t in stage_tasks(tasks)["encode"]] == [1]  # a UsageError: not retried
+
+    freed = subprocess.run([sys.executable, "-m", "prefect", *fix.split()[1:]], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert freed.returncode == 0, freed.stderr
+    config = load_config(path)
+    start = time.monotonic()
+    with gpu_slot(config):
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(limit).active_slots == 1
+    assert time.monotonic() - start < 10

@@ -266,3 +266,154 @@ def test_a_corrupt_shard_of_the_same_size_is_named_when_reading_fails(tmp_path, 
                           "--no-progress", capsys=capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "part-00001.parquet: unreadable shard" in err, err
     assert not (tmp_path / "scores").exists()
+
+
+# -- case 1 on every command that reads a store: refused naming the shard, nothing written ------------------------
+
+
+def _inventory(tmp_path: Path, capsys) -> Path:
+    """An inventory selected from an intact copy of the split store (what `gaps` reads beside the target)."""
+    code, _, err = qscope("features", "select", "--features", _split_store(tmp_path / "intact"), "--label-field", "label",
+                          "--negative", "0", "--min-purity", "0", "--out", tmp_path / "inv.yaml", capsys=capsys)
+    assert code == 0, err
+    return tmp_path / "inv.yaml"
+
+
+@pytest.mark.parametrize("command", [
+    ["score", "--rules", "{rules}", "--features", "{store}", "--out", "{out}", "--no-progress"],
+    ["gaps", "--inventory", "{inventory}", "--target", "{store}", "--out", "{out}"],
+    ["overlap", "{store}", "--out", "{out}"],
+    ["rules", "mine", "--features", "{store}", "--out", "{out}.yaml"],
+    ["features", "select", "--features", "{store}", "--label-field", "label", "--negative", "0", "--out", "{out}.yaml"],
+], ids=["score", "gaps", "overlap", "rules-mine", "features-select"])
+@pytest.mark.parametrize("damage", ["delete_one", "delete_all"])
+def test_every_store_reader_refuses_a_store_missing_shards(tmp_path, capsys, command, damage):
+    """Issue 17 case 1: `gaps` said "coverage 0/35" and `overlap` counted 760 of 780 documents, exit 0."""
+    inventory = _inventory(tmp_path, capsys) if "{inventory}" in command else None
+    root = _split_store(tmp_path)
+    if damage == "delete_one":
+        (root / "layer6" / "part-00001.parquet").unlink()
+    else:
+        shutil.rmtree(root / "layer6")
+    out = tmp_path / "result"
+    args = [a.format(store=root, rules=_rules(tmp_path), inventory=inventory, out=out) for a in command]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    code, _, err = qscope(*args, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "part-0000" in err and "manifest.json" in err, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+# -- case 4: content fingerprints, and a resume identity that covers what changes numerics ------------------------
+
+
+def test_a_saved_dataset_folder_is_fingerprinted_by_its_content_not_its_path(tmp_path):
+    import datasets
+
+    from qscope_data.inputs import input_fingerprint
+
+    rows = [{"id": f"d{i}", "text": f"text number {i}"} for i in range(4)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    first = input_fingerprint([str(tmp_path / "ds")])
+    shutil.move(tmp_path / "ds", tmp_path / "moved")
+    assert input_fingerprint([str(tmp_path / "moved")]) == first  # moving a corpus keeps its identity
+    rows[2]["text"] = "an edited text"
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    assert input_fingerprint([str(tmp_path / "ds")]) != first  # same path, other content
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "3")])
+def test_resuming_a_store_with_other_numerics_is_refused_and_changes_nothing(write_jsonl, tiny_model_dir, sae_dir,
+                                                                              tmp_path, capsys, flag, value):
+    """Same inputs and outputs, another batch size: the floating-point result differs, so the store is not resumed
+    (nor silently mixed); exit 2 naming the store, the store untouched."""
+    from qscope_data.atomic import sha256_file
+
+    path = write_jsonl([{"id": f"d{i}", "text": f"some words {i}"} for i in range(6)])
+    model, sae, out = tiny_model_dir("qwen3"), sae_dir(), tmp_path / "s"
+    args = ["encode", "--model", model, "--sae", sae, "--layer", "1", "--input", path, "--out", out, "--max-tokens", "16",
+            "--no-progress"]
+    assert qscope(*args, capsys=capsys)[0] == 0
+    stamp = {p: sha256_file(p) for p in out.rglob("*") if p.is_file()}
+    code, _, err = qscope(*args, flag, value, capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(out) in err, err
+    assert {p: sha256_file(p) for p in out.rglob("*") if p.is_file()} == stamp
+
+
+# -- case 12 through the CLI: a non-finite SAE, a second encode of one --out --------------------------------------
+
+
+def _error_lines(err: str) -> list[str]:
+    """The CLI's error lines, after asserting there is no traceback (transformers' weight-loading bar may precede
+    them on stderr: it ignores --no-progress)."""
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("qscope: error:")]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_encode_with_non_finite_sae_weights_exits_2_naming_the_file(write_jsonl, tiny_model_dir, tmp_path, capsys, value):
+    from qscope_data.testing import random_sae, write_sae
+
+    sae = random_sae(64, 1024, 16, layer=1)
+    sae.b_enc[7] = value
+    sae_path = write_sae(sae, tmp_path / "sae", "qwen-scope", layer=1)
+    out = tmp_path / "s"
+    code, _, err = qscope("encode", "--model", tiny_model_dir("qwen3"), "--sae", sae_path, "--layer", "1", "--input",
+                          write_jsonl([{"id": "a", "text": "hello"}]), "--out", out, "--no-progress", capsys=capsys)
+    [line] = _error_lines(err)
+    assert code == 2 and "non-finite" in line and "layer1.sae.pt" in line, err
+    assert not out.exists()
+
+
+def test_a_second_encode_of_one_out_is_refused_at_once(write_jsonl, tiny_model_dir, sae_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    holder = subprocess.Popen(  # another encode writing `out`: it holds the store's lock
+        [sys.executable, "-c", "import time; from qscope_data.outputs import acquire_lock; "
+         f"f = acquire_lock({str(out)!r}); print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        code, _, err = qscope("encode", "--model", tiny_model_dir("qwen3"), "--sae", sae_dir(), "--layer", "1",
+                              "--input", write_jsonl([{"id": "a", "text": "hello"}]), "--out", out, "--no-progress",
+                              capsys=capsys)
+        [line] = _error_lines(err)
+        assert code == 2 and "another qscope process is writing it" in line and str(out) in line, err
+        assert not out.exists() or not any(out.iterdir())
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- case 3: a stage's cached result holds only while its recorded outputs are there, unchanged -------------------
+
+
+@pytest.mark.parametrize("damage", ["delete", "rewrite", "delete_folder", "add"])
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_cached_stage_result_holds_only_while_its_outputs_are_unchanged(tmp_path, kind, damage):
+    """The flows' cache check (`configured` → `stages.outputs_intact`) for any stage: rules/, gaps/, synth/ and
+    inventory.yaml alike (the full-pipeline test deletes shards and the inventory under real Prefect)."""
+    import os
+    import time
+
+    from qscope_data import stages
+    from qscope_data.config import PipelineConfig
+
+    config = PipelineConfig.model_validate({"workdir": str(tmp_path / "run"), "model": {"id": "m"},
+                                            "sae": {"path": "s", "layer": 1}, "corpora": {"c": {"input": ["x"]}}})
+    out = tmp_path / "run" / "gaps" if kind == "folder" else tmp_path / "run" / "rules" / "mined.yaml"
+    target = out / "gaps.json" if kind == "folder" else out
+    target.parent.mkdir(parents=True)
+    target.write_text("A" * 12)
+    stages.record_outputs(config, "stage", {"out": str(out)})
+    assert stages.outputs_intact(config, "stage")
+    if damage in ("delete", "delete_folder"):
+        shutil.rmtree(out) if damage == "delete_folder" and kind == "folder" else target.unlink()
+    elif damage == "rewrite":  # same size, other bytes, a later mtime
+        time.sleep(0.01)
+        target.write_text("B" * 12)
+        os.utime(target, ns=(time.time_ns(), time.time_ns()))
+    else:
+        (out.parent / "extra.txt" if kind == "file" else out / "extra.txt").write_text("x")
+    assert stages.outputs_intact(config, "stage") is (damage == "add" and kind == "file")  # a sibling is not an output

@@ -350,3 +350,64 @@ def test_tf32_is_off_inside_the_exact_kernels_and_restored_after():
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
+
+
+def _precision_state() -> dict:
+    """Both views PyTorch keeps of the fp32 matmul precision (a legacy read raises when the two are mixed)."""
+    from qscope_kernels.precision import matmul_precision
+
+    state: dict = {"leaves": matmul_precision()}
+    for name, read in (("allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32),
+                       ("precision", torch.get_float32_matmul_precision)):
+        try:
+            state[name] = read()
+        except RuntimeError:
+            state[name] = "mixed"
+    return state
+
+
+class _MatmulPrecisionSeen(torch.overrides.TorchFunctionMode):
+    """Records the precision state at every matmul the kernels call (a real observation, nothing replaced)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[dict] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.addmm, torch.mm, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__):
+            self.seen.append(_precision_state())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("caller", [
+    "torch.backends.cuda.matmul.allow_tf32 = True",                 # the legacy switch
+    "torch.set_float32_matmul_precision('high')",                    # TF32 on CUDA and oneDNN
+    "torch.set_float32_matmul_precision('medium')",                  # bf16 on oneDNN CPUs
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'",            # the per-backend API (legacy view then mixed)
+    "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+])
+@pytest.mark.parametrize("impl", ["dense", "blocked"])
+def test_exact_kernels_force_ieee_fp32_matmuls_and_restore_the_callers_setting(caller, impl):
+    """On every device (oneDNN on a CPU honours the same setting): the matmuls inside the exact encode run with
+    IEEE fp32 in both views of the setting, and the caller's exact state — mixed or not — is back afterwards, also
+    when the encode raises."""
+    x, W, b = problem(40, 32, 300, seed=3)
+    saved = _precision_state()
+    try:
+        exec(caller, {"torch": torch})
+        before = _precision_state()
+        assert before["leaves"] != ("ieee", "ieee")
+        with _MatmulPrecisionSeen() as mode:
+            v, i = encode(impl, x, W, b, 8)
+        assert mode.seen and all(s == {"leaves": ("ieee", "ieee"), "allow_tf32": False, "precision": "highest"}
+                                 for s in mode.seen), mode.seen
+        assert _precision_state() == before
+        ref_v, ref_i = reference_encode(x, W, b, 8)
+        assert torch.equal(i, ref_i)
+        with pytest.raises(RuntimeError), qscope_kernels.ieee_fp32():
+            torch.addmm(b, x, W[:, :5].T)  # a kernel failing inside the guard
+        assert _precision_state() == before
+    finally:
+        torch.set_float32_matmul_precision(saved["precision"] if saved["precision"] != "mixed" else "highest")
+        for backend, value in zip((torch.backends.cuda.matmul, torch.backends.mkldnn.matmul), saved["leaves"]):
+            backend.fp32_precision = value

@@ -148,3 +148,50 @@ def test_k_larger_than_d_sae_and_missing_layer_and_unknown_format(tmp_path):
 def test_debug_flag_shows_the_traceback(tmp_path):
     out = run_cli("--debug", "sae", "inspect", tmp_path / "nothing")
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def _multi_layer_repo(root: Path, fmt: str, layers=(3, 12, 30)) -> dict[int, object]:
+    """A folder laid out like a multi-layer hub repo of `fmt` (one SAE per layer), with a README and a config."""
+    from qscope_data.sae import save_canonical
+
+    saes = {n: random_sae(16, 1024, 4, layer=n, seed=n) for n in layers}
+    root.mkdir(parents=True)
+    (root / "README.md").write_text("# SAEs\n")
+    for n, sae in saes.items():
+        if fmt == "qwen-scope":
+            torch.save({t: getattr(sae, t) for t in ("W_enc", "W_dec", "b_enc", "b_dec")}, root / f"layer{n}.sae.pt")
+        elif fmt == "saelens":
+            write_sae(sae, root / f"blocks.{n}.hook_resid_post", "saelens")
+        elif fmt == "sparsify":
+            write_sae(sae, root, "sparsify", layer=n)
+        else:
+            save_canonical(sae, root / f"layer{n}")
+    return saes
+
+
+@pytest.mark.parametrize("fmt", ["qwen-scope", "saelens", "sparsify", "qscope"])
+def test_a_hub_download_of_one_layer_fetches_only_that_layers_weights(tmp_path, fmt):
+    """What `snapshot_download(allow_patterns=hub_patterns(layer))` keeps of a multi-layer repo, selected by
+    huggingface_hub's own filter (the hub itself is unreachable here): the layer's weights and small metadata, no
+    other layer's weights — and what it keeps loads as that layer."""
+    import shutil
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from qscope_data.sae.formats import hub_patterns
+
+    repo = tmp_path / "repo"
+    saes = _multi_layer_repo(repo, fmt)
+    files = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    kept = list(filter_repo_objects(files, allow_patterns=hub_patterns(12)))
+    weights = [f for f in kept if not f.endswith((".json", ".md"))]
+    assert weights and all("12" in f for f in weights), weights
+    assert sum(os.path.getsize(repo / f) for f in kept) < sum(os.path.getsize(repo / f) for f in files) / 2
+    fetched = tmp_path / "snapshot"
+    for f in kept:
+        (fetched / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / f, fetched / f)
+    sae = load_sae(fetched, 12, k=4)  # a hub repo names k in its id; the copy here does not
+    assert sae.layer == 12 and torch.equal(sae.W_enc, saes[12].W_enc)
+    every = list(filter_repo_objects(files, allow_patterns=hub_patterns(None)))  # no layer: a single-SAE repo
+    assert set(every) == set(files)

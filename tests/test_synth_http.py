@@ -288,3 +288,25 @@ def test_synth_where_every_request_gets_401_exits_non_zero(world, tmp_path, monk
                               capsys=capsys)
     assert code == 1 and "every generator request failed" in err and "HTTP 401" in err and KEY not in err
     assert not (out / "summary.json").exists() and (out / "rejected.jsonl").is_file()
+
+
+def test_a_server_echoing_the_key_in_its_completions_gets_it_written_nowhere(world, tmp_path, monkeypatch, capsys):
+    """Issue 17 case 6 end to end: every completion repeats the Authorization header; the run's files (accepted and
+    rejected samples, the Parquet, the verification store) hold the key nowhere, and nor does the output."""
+    from cli_inprocess import qscope
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    out = tmp_path / "out"
+    with ChatServer(lambda rid, n: ("echo-auth-200",)) as server:
+        code, printed, err = qscope("synth", "--gaps", world.gaps, "--model", world.model, "--sae", world.sae, "--out",
+                                    out, "--generator", f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}",
+                                    "--per-feature", "1", "--max-attempts", "1", "--languages", "en", "--no-progress",
+                                    capsys=capsys)
+    assert code == 0, err
+    assert server.auth and all(a == f"Bearer {KEY}" for a in server.auth)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files) and (out / "rejected.jsonl").is_file()
+    assert "your header was Bearer ***" in (out / "rejected.jsonl").read_text() + (out / "accepted.jsonl").read_text()
+    for path in files:
+        assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in printed + err

@@ -109,6 +109,8 @@ def test_package_paths_resolve_to_installed_packages(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(workdir="./texts.jsonl"), "workdir"),
+    (lambda c: c.update(inventory={"corpus": "texts", "label_field": "label", "negative": "0"}, gaps={"target": "texts"},
+                        synth={"generator": "openai:ftp://example.org/v1?model=m"}), "ftp://example.org/v1"),
 ])
 def test_validate_refuses_what_run_would_fail_on(project, capsys, change, message):
     code, out, err = run_validate(edit(project, change), capsys)

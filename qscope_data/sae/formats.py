@@ -59,21 +59,30 @@ def resolve_local(spec: str | Path, layer: int | None, *, cache_dir: str | None 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.md"]
-    if layer is not None:
-        # only this layer's weights: fnmatch's * crosses "/", so "*.safetensors" would fetch every layer's folder
-        # of a multi-layer SAELens / sparsify repo; a single-SAE repo keeps its weights at the root
-        patterns += [f"layer{layer}.sae.pt", f"layers.{layer}/*", f"layer{layer}/*", CANONICAL_WEIGHTS,
-                     "sae_weights.safetensors"]
-    else:
-        patterns += ["*.safetensors", "*.pt"]
     try:
-        local = snapshot_download(str(spec), revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+        local = snapshot_download(str(spec), revision=revision, cache_dir=cache_dir, allow_patterns=hub_patterns(layer))
     except LocalEntryNotFoundError as exc:
         raise SAEFormatError(f"{spec}: not in the local Hugging Face cache and the hub is offline ({exc.__class__.__name__})") from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise SAEFormatError(f"{spec}: could not fetch from the Hugging Face hub: {exc}") from exc
     return Path(local)
+
+
+# Where a multi-layer repo keeps one layer's SAE (SAELens hookpoint folders, sparsify `layers.{n}`, flat `layer{n}`);
+# `detect_format` looks in these and `hub_patterns` fetches only these, so the two cannot disagree.
+LAYER_FOLDERS = ("layer{n}", "layers.{n}", "blocks.{n}.hook_resid_post")
+_ROOT_WEIGHTS = (CANONICAL_WEIGHTS, "sae_weights.safetensors")  # a single-SAE repo keeps its weights at the root
+
+
+def hub_patterns(layer: int | None) -> list[str]:
+    """`allow_patterns` for a hub download: metadata, and the weights of `layer` only. fnmatch's `*` crosses "/",
+    so a bare "*.safetensors" would fetch every layer of a multi-layer repo (GBs each); weights are named exactly.
+    Without a layer (a single-SAE repo) every weight file is fetched."""
+    patterns = ["*.json", "*.md"]  # configs of other layers come along too: a few KB each
+    if layer is None:
+        return patterns + ["*.safetensors", "*.pt"]
+    return patterns + [f"layer{layer}.sae.pt", *_ROOT_WEIGHTS,
+                       *(f"{folder.format(n=layer)}/*" for folder in LAYER_FOLDERS)]
 
 
 def detect_format(path: Path, layer: int | None) -> tuple[str, Path]:
@@ -88,7 +97,7 @@ def detect_format(path: Path, layer: int | None) -> tuple[str, Path]:
         raise SAEFormatError(f"{path}: unknown SAE file type (expected layer{{n}}.sae.pt, sae.safetensors or cfg.json)")
     candidates = [path]
     if layer is not None:
-        candidates += [path / f"layer{layer}", path / f"layers.{layer}", path / f"blocks.{layer}.hook_resid_post"]
+        candidates += [path / folder.format(n=layer) for folder in LAYER_FOLDERS]
     for folder in candidates:
         if (folder / CANONICAL_CONFIG).exists():
             return "qscope", folder
