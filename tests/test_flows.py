@@ -215,23 +215,32 @@ def _variant(workspace: Path, name: str, change) -> Path:
     return path
 
 
-def test_a_run_where_every_generation_request_fails_exits_non_zero_with_one_line_per_failure(prefect_server, workspace,
-                                                                                           monkeypatch, capfd):
+def _qscope_run(path: Path, **env: str):
+    """`qscope run` as a user runs it: its own process (its own stderr, where Prefect's console log goes), on the
+    test server."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    return subprocess.run([sys.executable, "-m", "qscope_data", "run", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **env}, timeout=400)
+
+
+def test_a_run_where_every_generation_request_fails_exits_non_zero_with_one_line_per_failure(prefect_server, workspace):
     """A generator that answers every request 401 fails the synth stage (after its retries): `qscope run` exits 1
     naming the first error, and without --debug Prefect's failure logs are one line each — no traceback."""
     from test_synth_http import KEY, KEY_ENV, ChatServer
 
-    monkeypatch.setenv(KEY_ENV, KEY)
     with ChatServer(lambda rid, n: ("status", 401, None)) as server:
         path = _variant(workspace, "401.yaml", lambda c: c["synth"].update(
             generator=f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}&max_retries=0"))
-        with pytest.raises(SystemExit) as exc:
-            main(["run", str(path)])
+        ran = _qscope_run(path, **{KEY_ENV: KEY})
         assert server.auth and all(a == f"Bearer {KEY}" for a in server.auth)  # the requests really went out
-    out, err = capfd.readouterr()
-    printed = out + err
-    assert exc.value.code == 1, printed
-    errors = [line for line in err.splitlines() if line.startswith("qscope: error:")]
+    printed = ran.stdout + ran.stderr
+    assert ran.returncode == 1, printed
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("qscope: error:")]
     assert len(errors) == 1 and "every generator request failed" in errors[0] and "HTTP 401" in errors[0], printed
     failures = [line for line in printed.splitlines() if "every generator request failed" in line]
     assert len(failures) >= 3, printed  # Prefect logged the task's tries and the flows' failures: one line each
@@ -263,10 +272,7 @@ def test_a_leaked_gpu_slot_times_out_with_how_to_free_it(prefect_server, workspa
         gpu_limit=limit, gpu_slot_timeout_s=3)))
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1, active_slots=1))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test server
-    # the real entry point in its own process, so a run that waits forever fails here instead of hanging the suite
-    ran = subprocess.run([sys.executable, "-m", "qscope_data", "run", str(path)], capture_output=True, text=True,
-                         env=env, timeout=400)
+    ran = _qscope_run(path)  # in its own process: a run that waits forever fails here instead of hanging the suite
     err = [line for line in ran.stderr.splitlines() if line.startswith("qscope: error:")]
     fix = f"prefect gcl update {limit} --active-slots 0"
     assert ran.returncode == 2 and len(err) == 1 and limit in err[0] and fix in err[0] and "within 3 s" in err[0], ran.stderr
@@ -274,8 +280,8 @@ def test_a_leaked_gpu_slot_times_out_with_how_to_free_it(prefect_server, workspa
     ((_, tasks),) = flow_runs_of(path)
     assert [t.run_count for t in stage_tasks(tasks)["encode"]] == [1]  # a UsageError: not retried
 
-    freed = subprocess.run([sys.executable, "-m", "prefect", *fix.split()[1:]], capture_output=True, text=True, env=env,
-                           timeout=300)
+    freed = subprocess.run([sys.executable, "-m", "prefect", *fix.split()[1:]], capture_output=True, text=True,
+                           env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, timeout=300)
     assert freed.returncode == 0, freed.stderr
     config = load_config(path)
     start = time.monotonic()

@@ -310,3 +310,24 @@ def test_a_server_echoing_the_key_in_its_completions_gets_it_written_nowhere(wor
     for path in files:
         assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in printed + err
+
+
+def test_a_failed_rerun_over_a_finished_synthesis_leaves_no_summary_claiming_success(world, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """`--overwrite` into a folder holding an earlier, successful run: when every request of the new run fails, the
+    folder holds that failure (rejected.jsonl) and none of the earlier run's summary, samples or store."""
+    from cli_inprocess import qscope
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    out = tmp_path / "out"
+    base = ["synth", "--gaps", world.gaps, "--model", world.model, "--sae", world.sae, "--out", out, "--per-feature", "1",
+            "--max-attempts", "1", "--languages", "en", "--no-progress"]
+    with ChatServer(lambda rid, n: ("ok",)) as server:
+        code, _, err = qscope(*base, "--generator", f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}", capsys=capsys)
+    assert code == 0 and (out / "summary.json").is_file() and (out / "store" / "manifest.json").is_file(), err
+    with ChatServer(lambda rid, n: ("status", 401, None)) as server:
+        code, _, err = qscope(*base, "--overwrite", "--generator",
+                              f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}&max_retries=0", capsys=capsys)
+    assert code == 1 and "every generator request failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["rejected.jsonl"]
+    assert all("HTTP 401" in json.loads(line)["detail"] for line in (out / "rejected.jsonl").read_text().splitlines())

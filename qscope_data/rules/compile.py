@@ -189,7 +189,8 @@ class _Lowering:
                 return "num", left - right
             if node.op == "*":
                 return "num", left * right
-            return "num", pl.when(right == 0).then(pl.lit(0.0, dtype=pl.Float64)).otherwise(left / right)
+            return "num", (pl.when(left.is_null() | right.is_null()).then(pl.lit(None, dtype=pl.Float64))
+                           .when(right == 0).then(pl.lit(0.0, dtype=pl.Float64)).otherwise(left / right))  # null stays null
         if isinstance(node, Compare):
             lk, left = self.lower(node.left)
             rk, right = self.lower(node.right)
@@ -309,14 +310,16 @@ class RuleProgram:
         """doc_id, carried columns, one boolean per rule and `<rule>_score` where defined, for a batch of rows."""
         frame = attach_features(batch, self.needs)
         exprs: list[pl.Expr] = [pl.col("doc_id"), *[pl.col(c) for c in self.carry]]
+        rows = pl.col("doc_id").is_not_null() | True  # one True per row
         for r in self.rules:
             in_scope = pl.col("lang").is_in(pl.Series(r.languages, dtype=pl.String).implode()).fill_null(False) if (
                 apply_languages and r.languages
             ) else None
-            when = r.when.fill_null(False)
+            # `& rows` broadcasts a rule made of constants only (`not 0 in []`) to every row of the batch
+            when = (rows & r.when).fill_null(False)
             exprs.append((when & in_scope if in_scope is not None else when).alias(r.name))
             if r.score is not None:
-                score = pl.when(in_scope).then(r.score) if in_scope is not None else r.score
+                score = pl.when(in_scope if in_scope is not None else rows).then(r.score)
                 exprs.append(score.cast(pl.Float64).alias(f"{r.name}_score"))
         if frame.height == 0:  # constant sub-expressions (`0 in [0]`) don't broadcast to 0 rows: type on one null row
             return frame.clear(1).select(exprs).clear()

@@ -48,7 +48,7 @@ from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_r
 from qscope_data.synth.dedup import CandidateDedup
 from qscope_data.synth.nearcopy import NearCopyCheck, NearCopyOptions
 from qscope_data.synth.generators import Generator, GenerationResult, build_generator
-from qscope_data.synth.report import write_synth_report
+from qscope_data.synth.report import FIGURE, NOVELTY_FIGURE, REPORT, write_synth_report
 from qscope_data.synth.requests import (
     BENIGN_CATEGORIES,
     VARIANTS,
@@ -222,6 +222,16 @@ class GenerationFailed(QscopeError):
     """Every generator request failed (bad key, wrong URL, server down): the run wrote no samples and exits 1."""
 
 
+def _clear_previous(out: Path) -> None:
+    """Remove an earlier run's outputs (`--overwrite`) before this run writes any: its summary.json first, so the
+    folder never shows one run's summary beside another run's samples (a rerun whose every request failed used to
+    leave the old summary claiming success). Only our own names are removed; nothing else in the folder."""
+    for name in (SUMMARY_JSON, ACCEPTED_JSONL, ACCEPTED_PARQUET, REJECTED_JSONL, FIGURE, NOVELTY_FIGURE, REPORT):
+        (out / name).unlink(missing_ok=True)
+    for name in (STORE_DIR, BASELINE_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 def run_synth(
     config: SynthConfig,
     *,
@@ -299,6 +309,7 @@ def run_synth(
                 gap_ids, threshold=config.threshold, shots=config.baseline_shots, near_copy=config.near_copy,
                 near_duplicate_threshold=config.near_duplicate_threshold, seed=config.seed)
 
+    _clear_previous(out)
     failed = [st for st in states.values() if st.history and all(h["reason"] == "generator_error" for h in st.history)]
     if slots and len(failed) == len(slots):  # nothing was ever generated: a failure, not "0 accepted"
         atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(_rejected_row(st, generator.name), ensure_ascii=False)
@@ -314,8 +325,6 @@ def run_synth(
     atomic.write_parquet(out / ACCEPTED_PARQUET, pa.Table.from_pylist(accepted, schema=ACCEPTED_SCHEMA))
     atomic.write_text(out / REJECTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
     store_table = _store_table(states, slots, report)
-    if (out / STORE_DIR).exists():
-        shutil.rmtree(out / STORE_DIR)  # ours (an earlier run's accepted store): rewritten whole
     manifest = StoreManifest(
         model=lm.describe(),
         saes=[SAEInfo(layer=layer, source=sae.source, format=sae.format, k=sae.k, d_sae=sae.d_sae, d_model=sae.d_model,
