@@ -310,7 +310,7 @@ class RuleProgram:
         """doc_id, carried columns, one boolean per rule and `<rule>_score` where defined, for a batch of rows."""
         frame = attach_features(batch, self.needs)
         exprs: list[pl.Expr] = [pl.col("doc_id"), *[pl.col(c) for c in self.carry]]
-        rows = pl.col("doc_id").is_not_null() | True  # one True per row
+        rows = pl.repeat(True, pl.len())  # one True per row of the batch
         for r in self.rules:
             in_scope = pl.col("lang").is_in(pl.Series(r.languages, dtype=pl.String).implode()).fill_null(False) if (
                 apply_languages and r.languages

@@ -138,6 +138,11 @@ def _examples_block(target: GapTarget, limit: int = 3) -> str:
     return "\n".join(lines)
 
 
+def candidate_id(slot: Slot, attempt: int, candidate: int = 0) -> str:
+    """The id of one candidate of a slot's attempt: `<slot>.a<attempt>`, `.c<j>` for the j-th of several (j > 0)."""
+    return f"{slot.id}.a{attempt}" + (f".c{candidate}" if candidate else "")
+
+
 def prompt_request(slot: Slot, attempt: int, feedback: str | None = None,
                    previous_activation: float | None = None, candidate: int = 0) -> GenerationRequest:
     """The request for a slot's user prompt; `candidate` j > 0 names the j-th of several written in one attempt
@@ -159,7 +164,7 @@ def prompt_request(slot: Slot, attempt: int, feedback: str | None = None,
                      "the concept more directly, closer to the texts above.")
     parts.append("Reply with the request only.")
     messages = [{"role": "system", "content": _SYSTEM_WRITER}, {"role": "user", "content": "\n\n".join(parts)}]
-    rid = f"{slot.id}.a{attempt}" + (f".c{candidate}" if candidate else "") + ".prompt"
+    rid = f"{candidate_id(slot, attempt, candidate)}.prompt"
     return GenerationRequest(rid, "prompt", messages, slot, attempt, None, feedback, previous_activation)
 
 
@@ -170,7 +175,7 @@ def rewrite_request(slot: Slot, attempt: int, prompt: str, candidate: int = 0) -
                f"meaning and the concept \"{slot.target.concept}\".\n\nRequest: {prompt}\n\n"
                "Reply with the rewritten request only.")
     messages = [{"role": "system", "content": _SYSTEM_WRITER}, {"role": "user", "content": content}]
-    rid = f"{slot.id}.a{attempt}" + (f".c{candidate}" if candidate else "") + ".rewrite"
+    rid = f"{candidate_id(slot, attempt, candidate)}.rewrite"
     return GenerationRequest(rid, "rewrite", messages, slot, attempt, prompt)
 
 

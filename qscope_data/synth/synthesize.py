@@ -56,6 +56,7 @@ from qscope_data.synth.requests import (
     GenerationRequest,
     Slot,
     Variant,
+    candidate_id,
     feedback_text,
     plan_slots,
     prompt_request,
@@ -412,28 +413,28 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
     for st in pending:
         texts = [t for t in written.get(st.slot.id, []) if t]
         if not texts:
-            st.fail(attempt, f"{st.slot.id}.a{attempt}", "generator_error", errors.get(st.slot.id, "no candidate"))
+            st.fail(attempt, candidate_id(st.slot, attempt), "generator_error", errors.get(st.slot.id, "no candidate"))
             continue
         keep = []
         for text in texts:
             verdict = copies[st.slot.target.feature].check(text)
             if verdict.is_copy:
                 tally["near_copy_candidates"] += 1
-                copy = (text, verdict)
+                last_copy = (text, verdict)
             else:
                 keep.append((text, verdict.novelty))
         if keep:
             options[st.slot.id] = keep
         else:
-            st.last_candidate = [{"role": "user", "content": copy[0]}]
-            st.fail(attempt, f"{st.slot.id}.a{attempt}", "near_copy", copy[1].detail())
+            st.last_candidate = [{"role": "user", "content": last_copy[0]}]
+            st.fail(attempt, candidate_id(st.slot, attempt), "near_copy", last_copy[1].detail())
 
     if config.candidates > 1:
         _screen(options, pending, verifier, attempt)
     prompts: dict[str, str] = {}
     novelty: dict[str, float] = {}
     for st in [st for st in pending if st.slot.id in options]:
-        cid = f"{st.slot.id}.a{attempt}"
+        cid = candidate_id(st.slot, attempt)
         for text, nov in options[st.slot.id]:  # best screened first: the first that repeats no earlier candidate
             dup = dedup.check(cid, text)
             if dup is None:
@@ -446,7 +447,7 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
     answer = [st for st in pending if st.slot.id in prompts]
     candidates: list[tuple[SlotState, Candidate]] = []
     for st, res in zip(answer, _generate(generator, [response_request(st.slot, attempt, prompts[st.slot.id]) for st in answer], bar)):
-        cid = f"{st.slot.id}.a{attempt}"
+        cid = candidate_id(st.slot, attempt)
         if not res.ok:
             st.fail(attempt, cid, "generator_error", f"response: {res.error}")
             continue
@@ -479,14 +480,14 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
 def _screen(options: dict[str, list[tuple[str, float]]], pending: list[SlotState], verifier: Verifier,
              attempt: int) -> None:
     """Order each slot's candidate prompts by the target feature's activation on the prompt alone (best first)."""
-    screened = [Candidate(f"{st.slot.id}.a{attempt}.c{j}", [{"role": "user", "content": text}], st.slot.target.feature)
+    screened = [Candidate(candidate_id(st.slot, attempt, j), [{"role": "user", "content": text}], st.slot.target.feature)
                 for st in pending for j, (text, _) in enumerate(options.get(st.slot.id, []))]
     if not screened:
         return
     verdicts = verifier.verify(screened).verdicts
     for st in pending:
         if st.slot.id in options:
-            acts = [verdicts[f"{st.slot.id}.a{attempt}.c{j}"].activation for j in range(len(options[st.slot.id]))]
+            acts = [verdicts[candidate_id(st.slot, attempt, j)].activation for j in range(len(options[st.slot.id]))]
             order = sorted(range(len(acts)), key=lambda j: -acts[j])
             options[st.slot.id] = [options[st.slot.id][j] for j in order]
 
