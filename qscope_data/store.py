@@ -156,7 +156,8 @@ class FeatureStore:
         problems = self.problems(verify=verify, first=True) if check else []
         if problems:
             raise DataError(problems[0])
-        _OPENED[self.root.resolve()] = self
+        _OPENED.pop(self.root.resolve(), None)
+        _OPENED[self.root.resolve()] = self  # re-inserted: the latest opened is checked first
 
     def problems(self, *, verify: bool = True, first: bool = False) -> list[str]:
         """What makes the shards differ from what the manifest lists: a listed shard outside the store, missing,
@@ -231,15 +232,22 @@ class FeatureStore:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-_OPENED: dict[Path, FeatureStore] = {}  # stores this process opened, to name the damaged shard after a read fails
+_OPENED: dict[Path, FeatureStore] = {}  # stores this command opened, to name the damaged shard after a read fails
+
+
+def forget_opened_stores() -> None:
+    """Start a command with no opened stores: in one process (tests, notebooks) an earlier command's store, since
+    deleted or damaged, must not be named for this command's failure."""
+    _OPENED.clear()
 
 
 def find_unreadable_shard() -> str | None:
     """After a read failed with a codec / Parquet error that names no file (polars: "zstd error"): decode each shard
-    of every store this process opened and say which one is damaged. Slow, and only on that failure path."""
+    of every store this command opened, the latest first, and say which one is damaged. Slow, and only on that
+    failure path."""
     import pyarrow.parquet as pq
 
-    for store in list(_OPENED.values()):
+    for store in reversed(list(_OPENED.values())):
         for info in store.manifest.shards:
             path = store.root / info.name
             try:

@@ -257,6 +257,12 @@ def test_a_record_over_max_record_bytes_is_rejected_with_its_line_and_the_choice
 
 
 def test_a_corrupt_shard_of_the_same_size_is_named_when_reading_fails(tmp_path, capsys):
+    # an earlier command in this process read a store that has since gone (another test's tmp folder): only this
+    # command's stores may be named
+    earlier = _split_store(tmp_path / "earlier")
+    assert qscope("score", "--rules", _rules(tmp_path), "--features", earlier, "--out", tmp_path / "earlier-scores",
+                  "--no-progress", capsys=capsys)[0] == 0
+    shutil.rmtree(earlier)
     root = _split_store(tmp_path)
     shard = root / "layer6" / "part-00001.parquet"
     data = bytearray(shard.read_bytes())

@@ -54,6 +54,9 @@ def validation_message(exc) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning project errors into one-line messages."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("QSCOPE_DEBUG") == "1"
+    from qscope_data.store import forget_opened_stores
+
+    forget_opened_stores()
     try:
         rc = app(args=argv, standalone_mode=False)  # a command's `typer.Exit(n)` comes back as the return value here
         if isinstance(rc, int) and rc:
