@@ -107,11 +107,11 @@ def prepare(out: Path, per_class: int, seed: int, sources: list[str] | None = No
 
 def run(features: Path, out: Path, top: int, seed: int, layer: str | None, by: str) -> None:
     from qscope_data.rules.evaluate import evaluate_rules
-    from qscope_data.rules.mine import MineConfig, mine_store
+    from qscope_data.rules.mine import MineOptions, mine_store
 
     out.mkdir(parents=True, exist_ok=True)
     rules = out / "mined.yaml"
-    mined = mine_store(features, MineConfig(label_field="label", positive="1", by=by, top=top, seed=seed, name="toxic"),
+    mined = mine_store(features, MineOptions(label_field="label", positive="1", by=by, top=top, seed=seed, name="toxic"),
                        rules, layer=int(layer) if layer and layer != "auto" else layer)
     report = evaluate_rules([rules], features, out / "report.json", by=by, split="heldout", progress=True)
     print(f"\nmodel {report['model'] or '?'}, layer {report['layer']}, held-out split ({report['n_documents']} documents)")

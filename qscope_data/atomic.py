@@ -8,7 +8,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,6 +50,16 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, obj: object) -> None:
     write_text(target, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file written by `write_json`; text that is not JSON is a `DataError` naming the file (exit 2)."""
+    from qscope_data.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def write_parquet(target: str | Path, table: pa.Table, *, compression: str = "zstd") -> None:

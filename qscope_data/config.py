@@ -5,14 +5,21 @@ the config file's folder. Outputs go to fixed places under `workdir` (see `qscop
 
 from __future__ import annotations
 
+import copy
 import glob as globlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from qscope_data.coverage.gaps import GapsOptions
+from qscope_data.curate.curate import CurateOptions
+from qscope_data.coverage.inventory import InventoryOptions
+from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.errors import UsageError
+from qscope_data.rules.mine import MineOptions
+from qscope_data.synth.options import SynthOptions
 
 
 class _Strict(BaseModel):
@@ -33,92 +40,70 @@ class SAEConfig(_Strict):
     k: int | None = None
 
 
+def _same(model: type[BaseModel], name: str) -> Any:
+    """`model.name`'s field, default and constraints included: a section that exposes a stage's option refers to
+    its declaration instead of restating it."""
+    return copy.copy(model.model_fields[name])
+
+
 class CorpusConfig(_Strict):
+    """A corpus and its per-corpus encode options (defaults: `encode.EncodeOptions`)."""
+
     input: list[str]
-    text_field: str = "text"
-    id_field: str = "id"
-    max_tokens: int = 256
-    keep_first: bool = False
-    span: Literal["all", "prompt", "response"] = "all"
-    drop_text: bool = False
-    token_level: bool = False
+    text_field: str = _same(EncodeOptions, "text_field")
+    id_field: str = _same(EncodeOptions, "id_field")
+    max_tokens: int = _same(EncodeOptions, "max_tokens")
+    keep_first: bool = _same(EncodeOptions, "keep_first")
+    span: Literal["all", "prompt", "response"] = _same(EncodeOptions, "span")
+    drop_text: bool = _same(EncodeOptions, "drop_text")
+    token_level: bool = _same(EncodeOptions, "token_level")
 
 
 class EncodeConfig(_Strict):
-    batch_size: int = Field(16, ge=1)
-    shard_rows: int = Field(2048, ge=1)
+    """`encode:`: the options every corpus shares (defaults: `encode.EncodeOptions`, `executors.ray.RayOptions`)."""
+
+    batch_size: int = _same(EncodeOptions, "batch_size")
+    shard_rows: int = _same(EncodeOptions, "shard_rows")
     executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to; ray://host:10001
-    workers: int = Field(1, ge=1)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
-    cpus_per_worker: float = Field(0.25, gt=0.0)
+    ray_address: str | None = _same(RayOptions, "address")  # None: a local Ray; "auto": this node's cluster; ray://…
+    workers: int = _same(RayOptions, "workers")
+    gpus_per_worker: float = _same(RayOptions, "gpus_per_worker")
+    cpus_per_worker: float = _same(RayOptions, "cpus_per_worker")
 
 
-class MineConfig(_Strict):
+class MineSection(MineOptions):
+    """`rules.mine:`: the mining stage's options (defaults in `rules.mine.MineOptions`) and the corpus it mines."""
+
+    model_config = ConfigDict(extra="forbid")
+
     corpus: str
-    label_field: str = "label"
-    positive: str = "1"
-    by: str | None = None
-    top: int = Field(5, ge=1, le=200)
-    name: str = "mined"
-    action: Literal["flag", "drop"] = "flag"
-    criterion: Literal["balanced_accuracy", "f1"] = "balanced_accuracy"
 
 
 class RulesConfig(_Strict):
     files: list[str] = Field(default_factory=list)
-    mine: MineConfig | None = None
+    mine: MineSection | None = None
 
 
 class ScoreConfig(_Strict):
     corpus: str
 
 
-class InventoryConfig(_Strict):
+class InventorySection(InventoryOptions):
+    """`inventory:`: the inventory stage's options (defaults in `coverage.inventory.InventoryOptions`) and its corpus."""
+
     corpus: str
-    label_field: str = "category"
-    negative: str = "benign"
-    top: int = Field(5, ge=1)
-    min_support: int = Field(2, ge=1)
-    contrast: Literal["negative", "rest"] = "negative"
-    min_purity: float = Field(0.6, ge=0, le=1)
-    purity_top: int = Field(10, ge=1)
 
 
-class GapsConfig(_Strict):
+class GapsSection(GapsOptions):
+    """`gaps:`: the gaps stage's options (defaults in `coverage.gaps.GapsOptions`) and the target corpus."""
+
     target: str
-    by: list[str] | None = None  # None: lang when the target has it
-    min_docs: int = Field(1, ge=1)
-    examples: int = Field(3, ge=0)
 
 
-class SynthConfig(_Strict):
-    # lm (the pipeline's model, few-shot) | lm:<model> | hf:<chat model> | openai:<base_url>?model=<name> | templates
-    generator: str = "lm"
-    per_feature: int = Field(2, ge=1)
-    candidates: int = Field(1, ge=1)  # prompts per slot and attempt; the best-screened one is answered and verified
-    max_attempts: int = Field(3, ge=1)
-    threshold: float = Field(0.0, ge=0.0)
-    languages: list[str] = Field(default_factory=lambda: ["en"])
-    verify: Literal["prompt", "conversation"] = "prompt"
-    max_features: int | None = Field(None, ge=1)
-    variants: list[Literal["plain", "roleplay", "hypothetical", "obfuscation"]] | None = None  # None: all four
-    # random baseline (qscope synth --baseline random N): shots from the inventory corpus's non-negative records
-    baseline_random: int | Literal["match"] | None = None  # match: the targeted run's number of prompt candidates
-    near_copy: dict[Literal["jaccard", "containment", "verbatim_min_words"], float] = Field(default_factory=dict)
-    seed: int = 0
+class CurateSection(CurateOptions):
+    """`curate:`: the curate stage's options (defaults in `curate.curate.CurateOptions`) and the corpus it curates."""
 
-
-class CurateConfig(_Strict):
     corpus: str
-    format: Literal["messages", "prompt-completion", "text"] = "messages"
-    text_role: str | None = None  # plain-text records in messages / prompt-completion: "assistant"
-    text_prompt: str | None = None
-    dedup: bool = True
-    quotas: dict[Literal["lang", "category", "source"], dict[str, int]] = Field(default_factory=dict)
-    quarantine: bool = False
-    max_shard_rows: int = Field(100_000, ge=1)
-    license: str = "other"
 
 
 class OrchestrationConfig(_Strict):
@@ -140,10 +125,10 @@ class PipelineConfig(_Strict):
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     rules: RulesConfig | None = None
     score: ScoreConfig | None = None
-    inventory: InventoryConfig | None = None
-    gaps: GapsConfig | None = None
-    synth: SynthConfig | None = None
-    curate: CurateConfig | None = None
+    inventory: InventorySection | None = None
+    gaps: GapsSection | None = None
+    synth: SynthOptions | None = None
+    curate: CurateSection | None = None
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")

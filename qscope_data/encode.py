@@ -24,14 +24,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from qscope_data.capture import LoadedModel, capture, check_layers, load_model
+from qscope_data.encode_options import EncodeOptions
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Record, Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.passthrough import PassthroughColumns
@@ -47,44 +48,6 @@ from qscope_data.store import (
     StoreWriter,
 )
 from qscope_data.torch_dtypes import parse_dtype
-
-
-class EncodeOptions(BaseModel):
-    """How records become feature rows. The fields in `OUTPUT_FIELDS` change what is written (resume checks them)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int = Field(256, ge=1, description="truncate each record to its first N tokens")
-    keep_first: bool = Field(False, description="aggregate position 0 too (attention-sink outliers)")
-    span: Literal["all", "prompt", "response"] = Field("all", description="chat records: positions aggregated")
-    text_field: str = "text"
-    id_field: str = "id"
-    drop_text: bool = Field(False, description="leave the text / messages out of the pass-through columns")
-    token_level: bool = Field(False, description="also write the per-position top-k table")
-    batch_size: int = Field(16, ge=1)
-    shard_rows: int = Field(2048, ge=1, description="valid records per shard")
-    device: str = "cpu"
-    dtype: str = Field("auto", description="model dtype: auto | float32 | bfloat16 | float16")
-    on_error: Literal["skip", "fail"] = "skip"
-    split: str | None = Field(None, description="split of a Hugging Face dataset input")
-    streaming: bool = Field(False, description="stream a hub dataset (no up-front scan: no ETA)")
-    max_record_bytes: int = Field(1 << 20, ge=1, description="a record's text / messages longer than this (UTF-8) ...")
-    long_records: Literal["reject", "truncate"] = Field(
-        "reject", description="... is rejected (to rejects.jsonl, with its file and line), or tokenised whole and "
-        "truncated to max_tokens like any record (memory grows with the record)")
-
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_tokens", "keep_first", "span", "text_field", "id_field", "drop_text",
-                                      "token_level", "shard_rows", "dtype", "split", "max_record_bytes", "long_records")
-
-    def output_options(self) -> dict:
-        return {name: getattr(self, name) for name in self.OUTPUT_FIELDS}
-
-    def passthrough(self) -> PassthroughColumns:
-        """The (empty) pass-through column set these options imply: the id is `doc_id`; text unless drop_text."""
-        exclude = {self.id_field}
-        if self.drop_text:
-            exclude |= {self.text_field, "messages"}
-        return PassthroughColumns(exclude=exclude)
 
 
 # -- records → tables ---------------------------------------------------------------------------------------

@@ -213,14 +213,13 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
 
 def mine_rules(config: PipelineConfig, store: str) -> StageResult:
     """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store."""
-    from qscope_data.rules.mine import MineConfig, mine_store
+    from qscope_data.rules.mine import MineOptions, mine_store
 
     m = config.rules.mine if config.rules else None
     if m is None:
         raise UsageError("rules.mine is not configured")
     out = layout(config).mined_rules
-    cfg = MineConfig(label_field=m.label_field, positive=m.positive, by=m.by, top=m.top, name=m.name, action=m.action,
-                     criterion=m.criterion)
+    cfg = MineOptions.model_validate(m.model_dump(exclude={"corpus"}))
     result = mine_store(store, cfg, out)
     lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
              for r in result["rules"]]
@@ -253,7 +252,7 @@ def select_inventory(config: PipelineConfig, store: str) -> StageResult:
         raise UsageError("inventory is not configured")
     inventory = select_features(FeatureStore(store), label_field=inv_cfg.label_field, negative=inv_cfg.negative,
                                 top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer,
-                                contrast=inv_cfg.contrast, min_purity=inv_cfg.min_purity,
+                                n_examples=inv_cfg.examples, contrast=inv_cfg.contrast, min_purity=inv_cfg.min_purity,
                                 purity_top=inv_cfg.purity_top)
     out = layout(config).inventory
     save_inventory(inventory, out)
@@ -296,14 +295,10 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
         raise UsageError("synth is not configured")
     out = layout(config).synth
     cfg = SynthConfig(
-        gaps=Path(gaps_dir) / "gaps.json", model=config.model.id, sae=config.sae.path, out=out, layer=config.sae.layer,
-        generator=s.generator, per_feature=s.per_feature, candidates=s.candidates, threshold=s.threshold,
-        max_attempts=s.max_attempts,
-        languages=s.languages, verify=s.verify, max_features=s.max_features,
-        inventory=Path(inventory) if inventory else None, device=config.model.device, dtype=config.model.dtype,
-        sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True, seed=s.seed,
-        baseline_random=s.baseline_random, near_copy=dict(s.near_copy), **baseline_pool(config),
-        **({"variants": s.variants} if s.variants else {}),
+        **s.model_dump(), gaps=Path(gaps_dir) / "gaps.json", model=config.model.id, sae=config.sae.path, out=out,
+        layer=config.sae.layer, inventory=Path(inventory) if inventory else None, device=config.model.device,
+        dtype=config.model.dtype, sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True,
+        **baseline_pool(config),
     )
     where = executor or config.encode.executor
     summary, placement = run_placed(run_synth, cfg, progress=interactive() and where == "local", executor=where,
@@ -347,19 +342,18 @@ def _without_lists(comp: dict) -> dict:
 
 def curate_corpus(config: PipelineConfig, store: str, scores: str | None = None, synth: str | None = None) -> StageResult:
     """Curated SFT shards with provenance: drops by rule, dedup, quotas, synthetic samples mixed in."""
-    from qscope_data.curate.curate import CurateOptions, curate
+    from qscope_data.curate.curate import CurateJob, curate
 
     c = config.curate
     if c is None:
         raise UsageError("curate is not configured")
     corpus = config.corpora[c.corpus]
-    quotas = [f"{fld}=" + ",".join(f"{v}:{n}" for v, n in values.items()) for fld, values in c.quotas.items() if values]
     out = layout(config).curated
-    options = CurateOptions(
-        inputs=corpus.input, features=store, scores=scores, synth=[synth] if synth else [], out=str(out),
-        format=c.format, text_role=c.text_role, text_prompt=c.text_prompt, text_field=corpus.text_field,
-        id_field=corpus.id_field, quotas=quotas, dedup=c.dedup, quarantine=c.quarantine,
-        max_shard_rows=c.max_shard_rows, license=c.license, name=config.name, overwrite=True,
+    settings = c.model_dump(exclude={"corpus", "quotas"})
+    options = CurateJob(
+        **settings, quotas={fld: values for fld, values in c.quotas.items() if values}, inputs=corpus.input,
+        features=store, scores=scores, synth=[synth] if synth else [], out=str(out), text_field=corpus.text_field,
+        id_field=corpus.id_field, name=config.name, overwrite=True,
     )
     result = curate(options, progress=interactive())
     counts = result.manifest.counts

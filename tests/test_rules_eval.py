@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_
 from qscope_data.errors import UsageError
 from qscope_data.rules import split as splits
 from qscope_data.rules.evaluate import evaluate_rules
-from qscope_data.rules.mine import MineConfig, mine_store
+from qscope_data.rules.mine import MineOptions, mine_store
 from qscope_data.rules.rulefile import load_rule_file
 from qscope_data.rules.score import score_store
 
@@ -26,7 +26,7 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     store = labelled_store(root / "store", n=1200, seed=4)
     rules = root / "tox.yaml"
-    mine_store(store.root, MineConfig(by="lang", name="toxic", top=5, seed=3, heldout_fraction=0.3), rules)
+    mine_store(store.root, MineOptions(by="lang", name="toxic", top=5, seed=3, heldout_fraction=0.3), rules)
     report = evaluate_rules([rules], store.root, root / "report" / "report.json", label_field="label", by="lang",
                             split="heldout", fractions=(0.2, 0.6, 1.0), progress=False)
     return root, store, rules, report

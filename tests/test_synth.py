@@ -106,7 +106,7 @@ def test_each_slot_appears_exactly_once_and_outputs_agree(run):
         assert f["acceptance_rate"] == pytest.approx(f["accepted"] / f["attempts"], abs=1e-6)
     assert (out / "report.html").read_text().count("<img") == 2 and (out / "synth.png").stat().st_size > 1000  # + novelty
     # The curation stage reads the folder as synthetic samples without complaint.
-    from qscope_data.curate.synthetic import load_synthetic
+    from qscope_data.synth.output import load_synthetic
 
     loaded = load_synthetic(out)
     assert [s.doc_id for s in loaded.samples] == [r["id"] for r in accepted] and not loaded.rejects

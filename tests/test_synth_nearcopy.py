@@ -82,7 +82,7 @@ def test_baseline_random_side_by_side_and_no_accepted_near_copy(world, tmp_path,
     assert code == 2 and "random" in err
     # the dataset card says which generator and verification produced the samples, and the baseline beside them
     from qscope_data.curate.card import _synthetic_section
-    from qscope_data.curate.synthetic import synth_provenance
+    from qscope_data.synth.output import synth_provenance
 
     card = "\n".join(_synthetic_section([{"path": str(out), "provenance": synth_provenance(out)}]))
     assert summary["generator"]["name"] in card and "re-encoding its prompt" in card and "near-copy" in card

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.cli.params import option
+from qscope_data.coverage.gaps import GapsOptions
+from qscope_data.coverage.inventory import InventoryOptions
 from qscope_data.outputs import file_option, folder_option
 
 from qscope_data.errors import UsageError
@@ -23,17 +26,17 @@ def _split(value: str | None) -> list[str] | None:
 @features_app.command("select")
 def select(
     features: Path | None = typer.Option(None, "--features", help="Labelled reference store (e.g. harmful prompts by harm type beside benign ones)."),
-    label_field: str = typer.Option("category", "--label-field", help="Pass-through column holding each document's category."),
-    negative: str = typer.Option("benign", "--negative", help="The category the others are contrasted with."),
-    top: int = typer.Option(20, "--top", help="Features kept per category."),
-    min_support: int = typer.Option(1, "--min-support", help="A feature must fire on at least this many documents of the category."),
-    contrast: str = typer.Option("negative", "--contrast", help="Δ against the negative class, or 'rest': every document outside the category."),
-    min_purity: float = typer.Option(0.6, "--min-purity", help="Keep a feature only when this share of its top-activating reference documents carry its category."),
-    purity_top: int = typer.Option(10, "--purity-top", help="Top-activating reference documents that purity is measured on."),
+    label_field: str = option(InventoryOptions, "label_field", "--label-field", help="Pass-through column holding each document's category."),
+    negative: str = option(InventoryOptions, "negative", "--negative", help="The category the others are contrasted with."),
+    top: int = option(InventoryOptions, "top", "--top", help="Features kept per category."),
+    min_support: int = option(InventoryOptions, "min_support", "--min-support", help="A feature must fire on at least this many documents of the category."),
+    contrast: str = option(InventoryOptions, "contrast", "--contrast", help="Δ against the negative class, or 'rest': every document outside the category."),
+    min_purity: float = option(InventoryOptions, "min_purity", "--min-purity", help="Keep a feature only when this share of its top-activating reference documents carry its category."),
+    purity_top: int = option(InventoryOptions, "purity_top", "--purity-top", help="Top-activating reference documents that purity is measured on."),
     labels: Path | None = typer.Option(None, "--labels", help="Label file (CSV/JSONL/Parquet: id, label, description, safety score) to merge in, or to use alone."),
     min_safety_score: float | None = typer.Option(None, "--min-safety-score", help="Keep only features whose label-file safety score reaches this."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer of the store (default: its first)."),
-    examples: int = typer.Option(5, "--examples", help="Example doc_ids kept per feature."),
+    examples: int = option(InventoryOptions, "examples", "--examples", help="Example doc_ids kept per feature."),
     out: Path = typer.Option(..., "--out", callback=file_option, help="Inventory YAML to write."),
 ) -> None:
     """Rank features per category by firing-rate gap Δ against the negative class and write the inventory YAML."""
@@ -64,10 +67,10 @@ def gaps(
     inventory: Path = typer.Option(..., "--inventory", help="Inventory YAML from `qscope features select`."),
     target: list[Path] = typer.Option(..., "--target", help="Target store; repeat to pool several."),
     reference: Path | None = typer.Option(None, "--reference", help="Store to take gap examples from (default: the inventory's)."),
-    by: str | None = typer.Option(None, "--by", help="Comma-separated document fields to break coverage down by (default: lang if present)."),
-    min_docs: int = typer.Option(1, "--min-docs", help="A feature is covered when it fires on at least this many target documents."),
+    by: str | None = option(GapsOptions, "by", "--by", to_cli=lambda v: None if v is None else ",".join(v), help="Comma-separated document fields to break coverage down by (default: lang if present)."),
+    min_docs: int = option(GapsOptions, "min_docs", "--min-docs", help="A feature is covered when it fires on at least this many target documents."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the inventory's)."),
-    examples: int = typer.Option(3, "--examples", help="Reference texts per gap."),
+    examples: int = option(GapsOptions, "examples", "--examples", help="Reference texts per gap."),
     dashboard: Path | None = typer.Option(None, "--dashboard", help="`features explain` output folder: link each gap to its page."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Report folder: gaps.json, report.md, report.html."),
 ) -> None:

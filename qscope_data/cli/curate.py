@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.cli.params import option
+from qscope_data.curate.curate import CurateOptions
 from qscope_data.outputs import folder_option
 
 manifest_app = typer.Typer(help="Check a curated dataset against its manifest.json.", no_args_is_help=True)
@@ -17,18 +19,18 @@ def curate(
     scores: Path | None = typer.Option(None, "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
     synth: list[Path] = typer.Option([], "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: data/, removed.parquet, manifest.json, README.md."),
-    fmt: str = typer.Option("messages", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
-    text_role: str | None = typer.Option(None, "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
-    text_prompt: str | None = typer.Option(None, "--text-prompt", help="User turn put before each plain text (required for prompt-completion)."),
+    fmt: str = option(CurateOptions, "format", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
+    text_role: str | None = option(CurateOptions, "text_role", "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
+    text_prompt: str | None = option(CurateOptions, "text_prompt", "--text-prompt", help="User turn put before each plain text (required for prompt-completion)."),
     quota: list[str] = typer.Option([], "--quota", help="FIELD=VALUE:N[,VALUE:N…] (lang, category, source): keep the first N; repeatable."),
-    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Remove exact and near duplicates (on by default)."),
-    near_dup_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="Word-5-gram Jaccard at or above which two documents are near duplicates."),
+    dedup: bool = option(CurateOptions, "dedup", "--dedup/--no-dedup", help="Remove exact and near duplicates (on by default)."),
+    near_dup_threshold: float = option(CurateOptions, "near_dup_threshold", "--near-dup-threshold", help="Word-5-gram Jaccard at or above which two documents are near duplicates."),
     executor: str = typer.Option("local", "--executor", help="Where dedup runs: local (in process) or ray (Ray Data; same decisions)."),
-    quarantine: bool = typer.Option(False, "--quarantine", help="Route flagged rows to quarantine/ shards instead of train."),
-    max_shard_rows: int = typer.Option(100_000, "--max-shard-rows", help="Rows per shard at most."),
-    max_shard_bytes: int = typer.Option(256 * 1024 * 1024, "--max-shard-bytes", help="Uncompressed (JSON) bytes per shard at most."),
-    jsonl: bool = typer.Option(False, "--jsonl", help="Also write each shard as JSONL beside the Parquet file."),
-    license_: str = typer.Option("other", "--license", help="Licence field of the dataset card."),
+    quarantine: bool = option(CurateOptions, "quarantine", "--quarantine", help="Route flagged rows to quarantine/ shards instead of train."),
+    max_shard_rows: int = option(CurateOptions, "max_shard_rows", "--max-shard-rows", help="Rows per shard at most."),
+    max_shard_bytes: int = option(CurateOptions, "max_shard_bytes", "--max-shard-bytes", help="Uncompressed (JSON) bytes per shard at most."),
+    jsonl: bool = option(CurateOptions, "jsonl", "--jsonl", help="Also write each shard as JSONL beside the Parquet file."),
+    license_: str = option(CurateOptions, "license", "--license", help="Licence field of the dataset card."),
     name: str | None = typer.Option(None, "--name", help="Dataset name on the card (default: the folder name)."),
     text_field: str | None = typer.Option(None, "--text-field", help="Text field (default: the store's encode setting)."),
     id_field: str | None = typer.Option(None, "--id-field", help="Id field (default: the store's encode setting)."),
@@ -39,13 +41,13 @@ def curate(
     """Curated SFT shards: drop rule hits, keep flagged rows with their flags, dedup, quotas, synthetic mix-in."""
     from pydantic import ValidationError
 
-    from qscope_data.curate.curate import CurateOptions, curate as run_curate
+    from qscope_data.curate.curate import CurateJob, curate as run_curate, parse_quotas
     from qscope_data.errors import UsageError
 
     try:
-        options = CurateOptions(
+        options = CurateJob(
             inputs=inputs, features=str(features), scores=str(scores) if scores else None, synth=[str(s) for s in synth],
-            out=str(out), format=fmt, text_role=text_role, text_prompt=text_prompt, quotas=quota, dedup=dedup,
+            out=str(out), format=fmt, text_role=text_role, text_prompt=text_prompt, quotas=parse_quotas(quota), dedup=dedup,
             near_dup_threshold=near_dup_threshold, executor=executor, quarantine=quarantine, max_shard_rows=max_shard_rows,
             max_shard_bytes=max_shard_bytes, jsonl=jsonl, license=license_, name=name, text_field=text_field,
             id_field=id_field, split=split, overwrite=overwrite,

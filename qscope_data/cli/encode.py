@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.cli.params import option
+from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.outputs import folder_option
 
 
@@ -15,31 +17,31 @@ def encode(
     layer: list[int] = typer.Option([], "--layer", help="Block whose output the SAE reads (repeat for several; default: the SAE's own)."),
     input: list[str] = typer.Option(..., "--input", help="JSONL / Parquet files, globs, folders, or a saved HF dataset (repeatable)."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Store folder (created; an unfinished run there is resumed)."),
-    text_field: str = typer.Option("text", "--text-field"),
-    id_field: str = typer.Option("id", "--id-field", help="Record id field (absent: a stable content hash)."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Truncate each record to its first N tokens."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16"),
-    keep_first: bool = typer.Option(False, "--keep-first", help="Aggregate position 0 too (attention-sink outliers)."),
-    span: str = typer.Option("all", "--span", help="Chat records: all | prompt | response positions."),
-    token_level: bool = typer.Option(False, "--token-level", help="Also write the per-position top-k table."),
-    drop_text: bool = typer.Option(False, "--drop-text", help="Leave text / messages out of the store."),
-    on_error: str = typer.Option("skip", "--on-error", help="skip: bad records go to rejects.jsonl; fail: exit 2 at the first."),
-    shard_rows: int = typer.Option(2048, "--shard-rows", help="Records per shard (the unit of resume)."),
-    max_record_bytes: int = typer.Option(1 << 20, "--max-record-bytes", help="Records longer than this (UTF-8 bytes of text / messages) are handled by --long-records."),
-    long_records: str = typer.Option("reject", "--long-records", help="reject: to rejects.jsonl; truncate: tokenise whole, keep --max-tokens (recorded in the manifest)."),
+    text_field: str = option(EncodeOptions, "text_field", "--text-field"),
+    id_field: str = option(EncodeOptions, "id_field", "--id-field", help="Record id field (absent: a stable content hash)."),
+    max_tokens: int = option(EncodeOptions, "max_tokens", "--max-tokens", help="Truncate each record to its first N tokens."),
+    batch_size: int = option(EncodeOptions, "batch_size", "--batch-size"),
+    device: str = option(EncodeOptions, "device", "--device", help="cpu | cuda | cuda:N"),
+    dtype: str = option(EncodeOptions, "dtype", "--dtype", help="auto | float32 | bfloat16 | float16"),
+    keep_first: bool = option(EncodeOptions, "keep_first", "--keep-first", help="Aggregate position 0 too (attention-sink outliers)."),
+    span: str = option(EncodeOptions, "span", "--span", help="Chat records: all | prompt | response positions."),
+    token_level: bool = option(EncodeOptions, "token_level", "--token-level", help="Also write the per-position top-k table."),
+    drop_text: bool = option(EncodeOptions, "drop_text", "--drop-text", help="Leave text / messages out of the store."),
+    on_error: str = option(EncodeOptions, "on_error", "--on-error", help="skip: bad records go to rejects.jsonl; fail: exit 2 at the first."),
+    shard_rows: int = option(EncodeOptions, "shard_rows", "--shard-rows", help="Records per shard (the unit of resume)."),
+    max_record_bytes: int = option(EncodeOptions, "max_record_bytes", "--max-record-bytes", help="Records longer than this (UTF-8 bytes of text / messages) are handled by --long-records."),
+    long_records: str = option(EncodeOptions, "long_records", "--long-records", help="reject: to rejects.jsonl; truncate: tokenise whole, keep --max-tokens (recorded in the manifest)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),
-    split: str | None = typer.Option(None, "--split", help="Split of a Hugging Face dataset input."),
-    streaming: bool = typer.Option(False, "--streaming", help="Stream a hub dataset (no up-front count, no ETA)."),
+    split: str | None = option(EncodeOptions, "split", "--split", help="Split of a Hugging Face dataset input."),
+    streaming: bool = option(EncodeOptions, "streaming", "--streaming", help="Stream a hub dataset (no up-front count, no ETA)."),
     revision: str | None = typer.Option(None, "--revision", help="Model revision (hub)."),
     sae_k: int | None = typer.Option(None, "--sae-k", help="k when the SAE files do not say it."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     executor: str = typer.Option("local", "--executor", help="local: this process; ray: Ray Data encoder actors."),
-    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray: auto | ray://host:10001 (default: RAY_ADDRESS, else a local Ray)."),
-    workers: int = typer.Option(1, "--workers", help="Ray: encoder actors (one model copy each)."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="Ray: GPUs per actor (fractional packs several on a GPU)."),
+    ray_address: str | None = option(RayOptions, "address", "--ray-address", help="Ray: auto | ray://host:10001 (default: RAY_ADDRESS, else a local Ray)."),
+    workers: int = option(RayOptions, "workers", "--workers", help="Ray: encoder actors (one model copy each)."),
+    gpus_per_worker: float = option(RayOptions, "gpus_per_worker", "--gpus-per-worker", help="Ray: GPUs per actor (fractional packs several on a GPU)."),
 ) -> None:
     """Encode a corpus with a model's SAE features into a resumable Parquet feature store."""
     from pydantic import ValidationError

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.cli.params import option
 from qscope_data.outputs import file_option, folder_option
+from qscope_data.rules.mine import MineOptions
 
 rules_app = typer.Typer(
     help="Feature-logic rules over SAE features: mine them from labels, evaluate them, unit-test rule packs.",
@@ -51,26 +53,26 @@ def score(
 def mine(
     features: Path = typer.Option(..., "--features", help="Feature store with a label column."),
     out: Path = typer.Option(..., "--out", callback=file_option, help="Rule file to write (YAML)."),
-    label_field: str = typer.Option("label", "--label-field"),
-    positive: str = typer.Option("1", "--positive", help="Label value of the positive class (compared as text)."),
-    by: str | None = typer.Option(None, "--by", help="Mine one rule per value of this field (e.g. lang) plus a pooled one."),
-    top: int = typer.Option(10, "--top", help="Candidate features per rule (the rule uses 1..top of them)."),
-    fraction: float = typer.Option(1.0, "--fraction", help="Use this fraction of the mining split (data-efficiency studies)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the doc_id-hash split."),
-    heldout: float = typer.Option(0.2, "--heldout", help="Fraction held out for `rules eval` (never mined on)."),
-    validation: float = typer.Option(0.25, "--validation", help="Fraction of the mining split that chooses ε and k."),
-    name: str = typer.Option("mined", "--name", help="Rule name prefix (rules: <name>_<value>, <name>_all)."),
-    action: str = typer.Option("flag", "--action", help="drop | flag | keep, written into the rules."),
+    label_field: str = option(MineOptions, "label_field", "--label-field"),
+    positive: str = option(MineOptions, "positive", "--positive", help="Label value of the positive class (compared as text)."),
+    by: str | None = option(MineOptions, "by", "--by", help="Mine one rule per value of this field (e.g. lang) plus a pooled one."),
+    top: int = option(MineOptions, "top", "--top", help="Candidate features per rule (the rule uses 1..top of them)."),
+    fraction: float = option(MineOptions, "fraction", "--fraction", help="Use this fraction of the mining split (data-efficiency studies)."),
+    seed: int = option(MineOptions, "seed", "--seed", help="Seed of the doc_id-hash split."),
+    heldout: float = option(MineOptions, "heldout_fraction", "--heldout", help="Fraction held out for `rules eval` (never mined on)."),
+    validation: float = option(MineOptions, "validation_fraction", "--validation", help="Fraction of the mining split that chooses ε and k."),
+    name: str = option(MineOptions, "name", "--name", help="Rule name prefix (rules: <name>_<value>, <name>_all)."),
+    action: str = option(MineOptions, "action", "--action", help="drop | flag | keep, written into the rules."),
     layer: str | None = typer.Option(None, "--layer", help="Layer number or 'auto' (top1-diff; the default with several layers)."),
-    criterion: str = typer.Option("balanced_accuracy", "--criterion", help="What chooses ε and the rule size: balanced_accuracy | f1."),
+    criterion: str = option(MineOptions, "criterion", "--criterion", help="What chooses ε and the rule size: balanced_accuracy | f1."),
 ) -> None:
     """Mine OR-rules over the features whose firing rate differs most between positives and negatives."""
-    from qscope_data.rules.mine import MineConfig, mine_store
+    from qscope_data.rules.mine import MineOptions, mine_store
     from qscope_data.errors import UsageError
 
     if action not in ("drop", "flag", "keep"):
         raise UsageError(f"--action {action!r}: choose drop, flag or keep")
-    cfg = MineConfig(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
+    cfg = MineOptions(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
                      heldout_fraction=heldout, validation_fraction=validation, name=name, action=action,
                      criterion=criterion)  # a bad value: one line (cli.main)
     result = mine_store(features, cfg, out, layer=_layer(layer))
@@ -93,17 +95,17 @@ def mine(
 @rules_app.command("select-layer")
 def select_layer_cmd(
     features: Path = typer.Option(..., "--features"),
-    label_field: str = typer.Option("label", "--label-field"),
-    positive: str = typer.Option("1", "--positive"),
-    by: str | None = typer.Option(None, "--by"),
-    seed: int = typer.Option(0, "--seed"),
-    heldout: float = typer.Option(0.2, "--heldout"),
+    label_field: str = option(MineOptions, "label_field", "--label-field"),
+    positive: str = option(MineOptions, "positive", "--positive"),
+    by: str | None = option(MineOptions, "by", "--by"),
+    seed: int = option(MineOptions, "seed", "--seed"),
+    heldout: float = option(MineOptions, "heldout_fraction", "--heldout"),
 ) -> None:
     """Report each layer's best feature Δ and the layer the top1-diff proxy picks (as JSON)."""
-    from qscope_data.rules.mine import MineConfig, select_layer
+    from qscope_data.rules.mine import MineOptions, select_layer
     from qscope_data.store import FeatureStore
 
-    cfg = MineConfig(label_field=label_field, positive=positive, by=by, seed=seed, heldout_fraction=heldout)
+    cfg = MineOptions(label_field=label_field, positive=positive, by=by, seed=seed, heldout_fraction=heldout)
     print(json.dumps(select_layer(FeatureStore(features), cfg), indent=2))
 
 

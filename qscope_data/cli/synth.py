@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
+from qscope_data.cli.params import option
 from qscope_data.outputs import folder_option
+from qscope_data.synth.options import SynthOptions
 
 from qscope_data.errors import UsageError
 
@@ -33,21 +35,21 @@ def synth(
     model: str = typer.Option(..., "--model", help="Verifying model (folder or hub id): the one the gaps were measured with."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the gap report's)."),
-    generator: str = typer.Option("lm", "--generator",
+    generator: str = option(SynthOptions, "generator", "--generator",
                                   help="lm (the verifying model, few-shot) | lm:<model>[?steer_alpha=0.1&shots=4&seed=0] | "
                                        "hf:<chat model>[?steer_alpha=4&positions=generated] | "
                                        "openai:<base_url>?model=<name>[&key_env=VAR&concurrency=4] | templates (tests)"),
-    per_feature: int = typer.Option(4, "--per-feature", help="Samples wanted per gap feature."),
+    per_feature: int = option(SynthOptions, "per_feature", "--per-feature", help="Samples wanted per gap feature."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
-    threshold: float = typer.Option(0.0, "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
-    max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts per sample, each with feedback from the last."),
-    languages: str = typer.Option("en", "--languages", help="Comma-separated language codes, spread over the samples."),
-    verify: str = typer.Option("prompt", "--verify", help="What must fire the feature: prompt | conversation."),
+    threshold: float = option(SynthOptions, "threshold", "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
+    max_attempts: int = option(SynthOptions, "max_attempts", "--max-attempts", help="Attempts per sample, each with feedback from the last."),
+    languages: str = option(SynthOptions, "languages", "--languages", to_cli=",".join, help="Comma-separated language codes, spread over the samples."),
+    verify: str = option(SynthOptions, "verify", "--verify", help="What must fire the feature: prompt | conversation."),
     features: str | None = typer.Option(None, "--features", help="Only these gap features (comma-separated ids)."),
-    max_features: int | None = typer.Option(None, "--max-features", help="Only the first N gaps (largest first)."),
+    max_features: int | None = option(SynthOptions, "max_features", "--max-features", help="Only the first N gaps (largest first)."),
     inventory: Path | None = typer.Option(None, "--inventory", help="The gap report's inventory YAML (default: rebuilt from gaps.json)."),
     benign: str | None = typer.Option(None, "--benign-categories", help="Categories answered helpfully (others get refusals)."),
-    variants: str | None = typer.Option(None, "--variants", help="Framings to use: plain,roleplay,hypothetical,obfuscation."),
+    variants: str = option(SynthOptions, "variants", "--variants", to_cli=",".join, help="Framings to use: plain,roleplay,hypothetical,obfuscation."),
     near_dup: float = typer.Option(0.8, "--near-dup-threshold", help="Jaccard of word 5-grams at which two prompts are near duplicates."),
     near_copy_jaccard: float | None = typer.Option(None, "--near-copy-jaccard",
                                                    help="Word 3-gram Jaccard with a reference example at which a candidate is a near-copy (default 0.6)."),
@@ -55,15 +57,15 @@ def synth(
                                                        help="Share of an example's word 3-grams a candidate may hold before it is a near-copy (default 0.6)."),
     baseline: tuple[str, str] | None = typer.Option(None, "--baseline", metavar="random N|match",
                                              help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones; random match: as many as the targeted run wrote prompt candidates."),
-    candidates: int = typer.Option(1, "--candidates", help="Prompts written per slot and attempt; the one whose prompt fires the target feature most is answered and verified."),
+    candidates: int = option(SynthOptions, "candidates", "--candidates", help="Prompts written per slot and attempt; the one whose prompt fires the target feature most is answered and verified."),
     baseline_pool: list[str] | None = typer.Option(None, "--baseline-pool",
                                                    help="Labelled reference JSONL/Parquet for the baseline's shots (non-benign --baseline-pool-field); default: the gaps' examples."),
     baseline_pool_field: str | None = typer.Option(None, "--baseline-pool-field", help="Category field of --baseline-pool (default category)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the baseline's draws."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Verification: truncate each candidate to N tokens."),
+    seed: int = option(SynthOptions, "seed", "--seed", help="Seed of the baseline's draws."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Verification: truncate each candidate to N tokens (default: the target store's setting)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Verification batch size."),
     device: str = typer.Option("cpu", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
+    dtype: str | None = typer.Option(None, "--dtype", help="Model dtype (default: the target store's encode setting)."),
     sae_k: int | None = typer.Option(None, "--sae-k", help="k when the SAE files do not say it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -79,7 +81,7 @@ def synth(
         threshold=threshold, max_attempts=max_attempts, languages=_split(languages) or [], verify=verify,
         features=_ints(features, "--features"), max_features=max_features, inventory=inventory,
         near_duplicate_threshold=near_dup, max_tokens=max_tokens, batch_size=batch_size, device=device, dtype=dtype,
-        sae_k=sae_k, overwrite=overwrite,
+        sae_k=sae_k, overwrite=overwrite, seed=seed,
     )
     if benign is not None:
         kwargs["benign_categories"] = _split(benign) or []
@@ -92,7 +94,7 @@ def synth(
         if baseline[1] != "match" and not baseline[1].isdigit():
             raise UsageError(f"--baseline random {baseline[1]!r}: N is a whole number of samples, or match")
         kwargs["baseline_random"] = baseline[1] if baseline[1] == "match" else int(baseline[1])
-    for key, value in (("baseline_pool", baseline_pool or None), ("baseline_pool_field", baseline_pool_field), ("seed", seed)):
+    for key, value in (("baseline_pool", baseline_pool or None), ("baseline_pool_field", baseline_pool_field)):
         if value is not None:
             kwargs[key] = value
     if variants is not None:
@@ -143,7 +145,7 @@ def steer(
     chat: bool = typer.Option(True, "--chat/--raw", help="Wrap the prompt in the model's chat template."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
+    dtype: str | None = typer.Option(None, "--dtype", help="Model dtype (default: the target store's encode setting)."),
     sae_k: int | None = typer.Option(None, "--sae-k"),
 ) -> None:
     """Baseline vs steered greedy continuation of PROMPT, side by side (h ← h + α·W_dec[:, f] at block --layer);

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data import atomic
 from qscope_data.coverage.inventory import Inventory, InventoryFeature
@@ -100,15 +100,29 @@ def gap_rank_key(feat: InventoryFeature) -> tuple:
     return (-abs(feat.delta or 0.0), -(feat.safety_score if feat.safety_score is not None else float("-inf")), feat.id)
 
 
+class GapsOptions(BaseModel):
+    """The gaps stage's options (`qscope gaps` and the pipeline's `gaps:` section): the only place their defaults
+    live (`compute_gaps`' keywords default to these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: list[str] | None = None  # None: lang when the target has it
+    min_docs: int = Field(1, ge=1)
+    examples: int = Field(3, ge=0)
+
+
+_DEFAULT = GapsOptions()
+
+
 def compute_gaps(
     inventory: Inventory,
     targets: Target | Sequence[Target],
     *,
     reference: FeatureStore | None = None,
-    by: Sequence[str] | None = None,
-    min_docs: int = 1,
+    by: Sequence[str] | None = _DEFAULT.by,
+    min_docs: int = _DEFAULT.min_docs,
     layer: int | None = None,
-    n_examples: int = 3,
+    n_examples: int = _DEFAULT.examples,
     max_example_chars: int = 2000,
     use_recorded_reference: bool = True,
 ) -> GapReport:

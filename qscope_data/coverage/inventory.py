@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qscope_data import atomic
 from qscope_data.errors import DataError, UsageError
@@ -95,18 +95,37 @@ class Inventory(BaseModel):
 # ---------------------------------------------------------------------------------------------- selection from a store
 
 
+class InventoryOptions(BaseModel):
+    """The inventory stage's options (`qscope features select` and the pipeline's `inventory:` section): the only
+    place their defaults live (`select_features`' keywords default to these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label_field: str = "category"
+    negative: str = "benign"
+    top: int = Field(20, ge=1)
+    min_support: int = Field(1, ge=1)
+    contrast: Literal["negative", "rest"] = "negative"
+    min_purity: float = Field(0.6, ge=0, le=1)
+    purity_top: int = Field(10, ge=1)
+    examples: int = Field(5, ge=0)
+
+
+_DEFAULT = InventoryOptions()
+
+
 def select_features(
     store: FeatureStore,
     *,
-    label_field: str = "category",
-    negative: str = "benign",
-    top: int = 20,
-    min_support: int = 1,
+    label_field: str = _DEFAULT.label_field,
+    negative: str = _DEFAULT.negative,
+    top: int = _DEFAULT.top,
+    min_support: int = _DEFAULT.min_support,
     layer: int | None = None,
-    n_examples: int = 5,
-    contrast: str = "negative",
-    min_purity: float = 0.6,
-    purity_top: int = 10,
+    n_examples: int = _DEFAULT.examples,
+    contrast: str = _DEFAULT.contrast,
+    min_purity: float = _DEFAULT.min_purity,
+    purity_top: int = _DEFAULT.purity_top,
     lang_field: str | None = "lang",
 ) -> Inventory:
     """Rank features per non-negative category by Δ against the negative class; keep the top `top` per category.

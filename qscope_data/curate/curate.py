@@ -53,9 +53,9 @@ from qscope_data.curate import dedup as dedup_mod
 from qscope_data.curate.card import render_card
 from qscope_data.curate.formats import Format, FormatRefused, Unformattable, format_fields, to_format
 from qscope_data.curate.manifest import KIND, MANIFEST, REMOVED, CuratedManifest, FileEntry, file_entry
-from qscope_data.curate.scores import LANG, Scores, load_scores
+from qscope_data.rules.score import LANG, Scores, load_scores
 from qscope_data.curate.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, row_json, write_split_batches
-from qscope_data.curate.synthetic import SyntheticSample, SyntheticSet, load_synthetic, synth_provenance
+from qscope_data.synth.output import SyntheticSample, SyntheticSet, load_synthetic, synth_provenance
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.outputs import reap_temporaries, write_lock
@@ -81,30 +81,37 @@ REMOVED_SCHEMA = pa.schema([
 
 
 class CurateOptions(BaseModel):
-    """What `qscope curate` does; `manifest.json` records it."""
+    """The curate stage's options (`qscope curate` and the pipeline's `curate:` section): how shards are made,
+    independent of which files they are made from. The only place these defaults live."""
 
     model_config = ConfigDict(extra="forbid")
+
+    format: Format = "messages"
+    text_role: str | None = Field(None, description="plain-text records in messages / prompt-completion: 'assistant'")
+    text_prompt: str | None = Field(None, description="user turn put before such a text (needed for prompt-completion)")
+    quotas: dict[Literal["lang", "category", "source"], dict[str, int]] = Field(
+        default_factory=dict, description="field → value → keep the first N (applied in this order)")
+    dedup: bool = True
+    near_dup_threshold: float = Field(dedup_mod.DEFAULT_THRESHOLD, gt=0.0, le=1.0)
+    quarantine: bool = False
+    max_shard_rows: int = Field(DEFAULT_MAX_ROWS, ge=1)
+    max_shard_bytes: int | None = Field(DEFAULT_MAX_BYTES, ge=1)
+    jsonl: bool = False
+    license: str = "other"
+
+
+class CurateJob(CurateOptions):
+    """One curate run: the stage's options plus what it reads and where it writes (`manifest.json` records it)."""
 
     inputs: list[str]
     features: str
     scores: str | None = None
     synth: list[str] = Field(default_factory=list)
     out: str
-    format: Format = "messages"
-    text_role: str | None = Field(None, description="plain-text records in messages / prompt-completion: 'assistant'")
-    text_prompt: str | None = Field(None, description="user turn put before such a text (needed for prompt-completion)")
     text_field: str | None = Field(None, description="default: the store's encode option, else 'text'")
     id_field: str | None = Field(None, description="default: the store's encode option, else 'id'")
     split: str | None = None
-    quotas: list[str] = Field(default_factory=list, description="FIELD=VALUE:N[,VALUE:N…]")
-    dedup: bool = True
-    near_dup_threshold: float = Field(dedup_mod.DEFAULT_THRESHOLD, gt=0.0, le=1.0)
     executor: Literal["local", "ray"] = Field("local", description="where dedup runs: in process, or on Ray Data (same decisions)")
-    quarantine: bool = False
-    max_shard_rows: int = Field(DEFAULT_MAX_ROWS, ge=1)
-    max_shard_bytes: int | None = Field(DEFAULT_MAX_BYTES, ge=1)
-    jsonl: bool = False
-    license: str = "other"
     name: str | None = None
     overwrite: bool = False
 
@@ -352,7 +359,7 @@ def read_store_table(store: FeatureStore) -> pl.DataFrame:
     return frame.with_columns(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in wanted[2:])
 
 
-def curate(options: CurateOptions, *, progress: bool = False) -> CurateResult:
+def curate(options: CurateJob, *, progress: bool = False) -> CurateResult:
     """Run the stage (module docstring); everything is checked and decided before OUT is touched. One writer of
     OUT at a time (an advisory lock); temp folders a killed run left beside OUT are removed first."""
     with write_lock(options.out):
@@ -410,10 +417,10 @@ def _input_meta(records, bar: _Phases) -> pl.DataFrame:
     return cols.frame()
 
 
-def _curate(options: CurateOptions, *, progress: bool) -> CurateResult:
+def _curate(options: CurateJob, *, progress: bool) -> CurateResult:
     start = time.perf_counter()
     out = Path(options.out)
-    quotas = parse_quotas(options.quotas)
+    quotas = options.quotas
     check_out(out, options.overwrite)
     store = FeatureStore(options.features)
     store_opts = store.manifest.options
@@ -544,7 +551,7 @@ def _decide(meta: pl.DataFrame, store_frame: pl.DataFrame, scores: Scores | None
 
 
 def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[SyntheticSample],
-                      options: CurateOptions, stage: Path, bar: _Phases) -> tuple[pl.DataFrame, np.ndarray]:
+                      options: CurateJob, stage: Path, bar: _Phases) -> tuple[pl.DataFrame, np.ndarray]:
     """Pass 2: step 4 (the format's columns, spilled to `stage` with their provenance) and step 5 (dedup) for every
     record still in. Returns the frame with those reasons and, per spilled row, its JSON size (for sharding)."""
     schema = pa.schema(format_fields(options.format) + PROVENANCE_FIELDS)
@@ -624,7 +631,7 @@ def _no_duplicates(docs) -> tuple[np.ndarray, ...]:
     return empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float64)
 
 
-def _duplicates(docs, options: CurateOptions, stage: Path) -> tuple[np.ndarray, ...]:
+def _duplicates(docs, options: CurateJob, stage: Path) -> tuple[np.ndarray, ...]:
     """(position among the survivors, of which earlier survivor, near?, similarity) of every duplicate."""
     if options.executor == "ray":
         from qscope_data.curate.dedup_ray import find_duplicates_ray
@@ -726,7 +733,7 @@ def _counts(meta: pl.DataFrame, n_input: int, scores: Scores | None) -> dict[str
     return counts
 
 
-def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: CurateOptions, out: Path, stage: Path, *,
+def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: CurateJob, out: Path, stage: Path, *,
            n_input: int, store: FeatureStore, scores: Scores | None, synth_sets: list[SyntheticSet], paths: list[str],
            text_field: str, id_field: str, quotas: dict[str, dict[str, int]]) -> CuratedManifest:
     spilled_pos, sizes = spill

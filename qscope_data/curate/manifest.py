@@ -9,7 +9,6 @@ manifest does not name (an added or renamed shard is a change too).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +72,7 @@ def load_manifest(root: str | Path) -> CuratedManifest:
     path = Path(root) / MANIFEST
     if not path.exists():
         raise UsageError(f"{Path(root)}: no {MANIFEST} (not a curated dataset, or an unfinished one)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+    raw = atomic.read_json(path)
     if not isinstance(raw, dict) or raw.get("kind") != KIND:
         raise UsageError(f"{path}: kind is {raw.get('kind') if isinstance(raw, dict) else None!r}, not {KIND!r}")
     try:

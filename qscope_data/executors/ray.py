@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data import atomic
 from qscope_data.encode import (
@@ -45,26 +44,13 @@ from qscope_data.encode import (
     resolve_inputs,
     scan_inputs,
 )
+from qscope_data.encode_options import RayOptions
 from qscope_data.errors import QscopeError, UsageError
 from qscope_data.passthrough import PassthroughColumns
 from qscope_data.preflight import check_pair, model_shape, sae_shape
 from qscope_data.store import PROGRESS_DIR, FeatureStore, SAEInfo, ShardMarker, StoreManifest, StoreWriter
 
 STAGED = "inputs"  # OUT/_progress/inputs/part-{i:05d}.pkl
-
-
-class RayOptions(BaseModel):
-    """Where and how wide the encode runs on Ray."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    address: str | None = Field(None, description="None: start a local Ray; 'auto': join this node's cluster; ray://host:10001")
-    workers: int = Field(1, ge=1, description="encoder actors (one model copy each)")
-    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs per actor; fractional packs several actors on a GPU")
-    cpus_per_worker: float = Field(0.25, gt=0.0, description="CPUs an actor claims; keep it fractional on small machines")
-    tokenize_cpus: float = Field(0.25, gt=0.0, description="CPUs a tokenise task claims")
-    tokenize_tasks: int | None = Field(None, ge=1, description="tokenise tasks at once (default: as many as actors); "
-                                       "each runs in a worker process that loads the tokenizer once")
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:

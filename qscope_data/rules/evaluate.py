@@ -20,7 +20,7 @@ from qscope_data import atomic
 from qscope_data.errors import UsageError
 from qscope_data.rules import split as splits
 from qscope_data.rules.compile import Needs, Scope, attach_features, compile_expression, field_kinds
-from qscope_data.rules.mine import MineConfig, load_labelled, mine_frame, positives, prf
+from qscope_data.rules.mine import MineOptions, load_labelled, mine_frame, positives, prf
 from qscope_data.rules.parser import parse
 from qscope_data.rules.rulefile import LoadedRuleFile
 from qscope_data.rules.score import evaluate_store, prepare
@@ -50,12 +50,12 @@ def split_spec(files: list[LoadedRuleFile]) -> SplitSpec | None:
     return specs[0]
 
 
-def mining_config(files: list[LoadedRuleFile]) -> MineConfig | None:
+def mining_config(files: list[LoadedRuleFile]) -> MineOptions | None:
     for f in files:
         cfg = f.model.metadata.get("config")
         if isinstance(cfg, dict):
             try:
-                return MineConfig.model_validate(cfg)
+                return MineOptions.model_validate(cfg)
             except Exception:
                 return None
     return None
@@ -89,7 +89,7 @@ def predict_expression(text: str, frame: pl.DataFrame, d_sae: int | None) -> np.
 
 
 def data_efficiency(
-    store: FeatureStore, layer: int, cfg: MineConfig, fractions: tuple[float, ...], d_sae: int | None
+    store: FeatureStore, layer: int, cfg: MineOptions, fractions: tuple[float, ...], d_sae: int | None
 ) -> dict[str, Any]:
     """Re-mine on growing fractions of the mining split; F1 of each rule on its group's held-out documents."""
     df = load_labelled(store, layer, cfg)

@@ -36,7 +36,7 @@ EPS_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 POOLED = "all"
 
 
-class MineConfig(BaseModel):
+class MineOptions(BaseModel):
     """Everything that decides a mining run (recorded in the rule file, so `rules eval` can re-mine for its curves)."""
 
     label_field: str = "label"
@@ -48,7 +48,7 @@ class MineConfig(BaseModel):
     heldout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     validation_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
     name: str = "mined"
-    action: str = "flag"
+    action: Literal["drop", "flag", "keep"] = "flag"
     examples: int = Field(default=3, ge=0, le=20)
     criterion: Literal["balanced_accuracy", "f1"] = "balanced_accuracy"  # what (k, ε) are chosen by
 
@@ -119,7 +119,7 @@ def positives(label: pl.Series, positive: str) -> pl.Series:
     return label.cast(pl.String) == positive
 
 
-def load_labelled(store: FeatureStore, layer: int, cfg: MineConfig) -> pl.DataFrame:
+def load_labelled(store: FeatureStore, layer: int, cfg: MineOptions) -> pl.DataFrame:
     """doc_id, y (bool), group, split, feature_ids, max_acts for the labelled documents of a layer."""
     lf = store.scan(layer)
     columns = lf.collect_schema().names()
@@ -226,7 +226,7 @@ def choose_k_eps(acts: np.ndarray, y: np.ndarray, grid: list[float],
     return k, eps, prf(pred, y)
 
 
-def mine_group(df: pl.DataFrame, name: str, group: str | None, cfg: MineConfig) -> MinedRule | None:
+def mine_group(df: pl.DataFrame, name: str, group: str | None, cfg: MineOptions) -> MinedRule | None:
     """One OR-rule from the discovery (rank) and validation (choose) parts of `df`; None when it cannot be mined."""
     disc = df.filter(pl.col("split") == splits.DISCOVERY)
     val = df.filter(pl.col("split") == splits.VALIDATION)
@@ -266,7 +266,7 @@ def mine_group(df: pl.DataFrame, name: str, group: str | None, cfg: MineConfig) 
     return MinedRule(name, group, features, k, eps, n_pos, int(disc.height - n_pos), selection)
 
 
-def mine_frame(df: pl.DataFrame, cfg: MineConfig) -> tuple[list[MinedRule], list[str]]:
+def mine_frame(df: pl.DataFrame, cfg: MineOptions) -> tuple[list[MinedRule], list[str]]:
     """Rules per group (+ pooled) from a labelled frame (see `load_labelled`); notes say what was skipped and why."""
     mining = df.filter(pl.col("split") != splits.HELDOUT)
     if cfg.fraction < 1.0:
@@ -298,7 +298,7 @@ def mine_frame(df: pl.DataFrame, cfg: MineConfig) -> tuple[list[MinedRule], list
 # --- layer selection (top1-diff) ---------------------------------------------------------------------------------
 
 
-def select_layer(store: FeatureStore, cfg: MineConfig) -> dict[str, Any]:
+def select_layer(store: FeatureStore, cfg: MineOptions) -> dict[str, Any]:
     """Per layer, the best feature's Δ on the discovery split (pooled and per group); the layer with the largest wins."""
     layers: dict[int, Any] = {}
     for layer in store.layers:
@@ -363,7 +363,7 @@ def _rule_comment(rule: MinedRule) -> list[str]:
     return lines
 
 
-def render_rule_file(rules: list[MinedRule], header: dict[str, Any], metadata: dict[str, Any], cfg: MineConfig) -> str:
+def render_rule_file(rules: list[MinedRule], header: dict[str, Any], metadata: dict[str, Any], cfg: MineOptions) -> str:
     """The mined rules as a commented, reviewable YAML rule file."""
     by_note = f"per {cfg.by} value + pooled" if cfg.by else "pooled"
     out = [
@@ -408,7 +408,7 @@ def render_rule_file(rules: list[MinedRule], header: dict[str, Any], metadata: d
 
 
 def mine_store(
-    store_path: str | Path, cfg: MineConfig, out: str | Path, *, layer: int | str | None = None
+    store_path: str | Path, cfg: MineOptions, out: str | Path, *, layer: int | str | None = None
 ) -> dict[str, Any]:
     """Mine rules from a store and write them to `out` (atomically, after checking they compile against the store)."""
     store = FeatureStore(store_path)

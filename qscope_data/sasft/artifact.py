@@ -8,14 +8,13 @@ Training reads the rows file, never the SAE: a 32K × 4096 SAE is 0.5 GB, the ro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
 
-from qscope_data.atomic import sha256_file, write_json
+from qscope_data.atomic import read_json, sha256_file, write_json
 from qscope_data.errors import UsageError
 
 PLAN_FILE = "sasft.json"
@@ -76,10 +75,7 @@ def load_plan(plan_dir: str | Path) -> tuple[SASFTPlan, dict[str, torch.Tensor]]
     path = plan_dir / PLAN_FILE if plan_dir.is_dir() else plan_dir
     if not path.exists():
         raise UsageError(f"{path}: no SASFT plan here (run `qscope sasft prepare` first)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+    raw = read_json(path)
     if raw.get("format") != PLAN_FORMAT:
         raise UsageError(f"{path}: format is {raw.get('format')!r}, expected {PLAN_FORMAT!r}")
     if raw.get("version") != PLAN_VERSION:

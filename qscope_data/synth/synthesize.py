@@ -30,10 +30,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from qscope_data import atomic
 from qscope_data.synth import templates
@@ -46,16 +46,24 @@ from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
 from qscope_data.synth.dedup import CandidateDedup
-from qscope_data.synth.nearcopy import NearCopyCheck, NearCopyOptions
+from qscope_data.synth.nearcopy import NearCopyCheck
+from qscope_data.synth.options import SynthOptions
+from qscope_data.synth.output import (
+    ACCEPTED_JSONL,
+    ACCEPTED_PARQUET,
+    ACCEPTED_SCHEMA,
+    BASELINE_DIR,
+    REJECTED_JSONL,
+    STORE_DIR,
+    SUMMARY_JSON,
+)
 from qscope_data.synth.generators import Generator, GenerationResult, build_generator
 from qscope_data.synth.report import FIGURE, NOVELTY_FIGURE, REPORT, write_synth_report
 from qscope_data.synth.requests import (
     BENIGN_CATEGORIES,
-    VARIANTS,
     GapTarget,
     GenerationRequest,
     Slot,
-    Variant,
     candidate_id,
     feedback_text,
     plan_slots,
@@ -66,93 +74,33 @@ from qscope_data.synth.requests import (
 from qscope_data.synth.verify import Candidate, Verifier, verify_options
 from qscope_data.torch_dtypes import parse_dtype
 
-ACCEPTED_JSONL = "accepted.jsonl"
-ACCEPTED_PARQUET = "accepted.parquet"
-REJECTED_JSONL = "rejected.jsonl"
-BASELINE_DIR = "baseline"
-SUMMARY_JSON = "summary.json"
-STORE_DIR = "store"
-
-ACCEPTED_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-    ("target_feature", pa.int32()),
-    ("category", pa.string()),
-    ("lang", pa.string()),
-    ("generator", pa.string()),
-    ("attempts", pa.int32()),
-    ("activation", pa.float64()),
-    ("verified", pa.string()),
-    ("variant", pa.string()),
-    ("label", pa.string()),
-    ("threshold", pa.float64()),
-    ("response", pa.string()),  # "generated", or a template refusal when the generated answer did not refuse
-])
 STORE_PASSTHROUGH = ("messages", "target_feature", "category", "lang", "generator", "attempts", "activation")
 
 
-class SynthConfig(BaseModel):
-    """Everything a synthesis run depends on (what `qscope synth` parses into)."""
-
-    model_config = ConfigDict(extra="forbid")
+class SynthConfig(SynthOptions):
+    """Everything a synthesis run depends on (what `qscope synth` parses into): the stage's options plus the files
+    it reads and writes and the verifying encoder."""
 
     gaps: Path
     model: str
     sae: str
     out: Path
     layer: int | None = Field(None, description="SAE layer (default: the gap report's)")
-    generator: str = Field("lm", description="lm (the verifying model, few-shot) | lm:<model> | hf:<model> | "
-                                             "openai:<url>?model=… | templates (tests only)")
-    per_feature: int = Field(4, ge=1)
-    candidates: int = Field(1, ge=1, description="prompts written per slot and attempt; the one whose prompt fires "
-                                                 "the target feature most is answered and verified")
-    threshold: float = Field(0.0, ge=0.0, description="kept only if the target feature's activation exceeds this")
-    max_attempts: int = Field(3, ge=1)
-    languages: list[str] = Field(default_factory=lambda: ["en"])
-    verify: Literal["prompt", "conversation"] = "prompt"
     features: list[int] | None = Field(None, description="only these gap features")
-    max_features: int | None = Field(None, ge=1, description="only the first N gaps (they come biggest-first)")
     inventory: Path | None = Field(None, description="inventory YAML of the gap report (else rebuilt from gaps.json)")
     benign_categories: list[str] = Field(default_factory=lambda: list(BENIGN_CATEGORIES))
-    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS))
     near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
-    near_copy: NearCopyOptions = Field(default_factory=NearCopyOptions)
-    baseline_random: int | Literal["match"] | None = Field(
-        None, description="also write N untargeted samples (the random baseline); match: as many as the targeted run "
-                          "wrote prompt candidates (the same generation budget)")
     baseline_pool: list[str] | None = Field(None, description="harmful reference texts for the baseline's shots "
                                                                "(default: every gap's examples)")
     baseline_pool_field: str = Field("category", description="the pool's category field (benign categories dropped)")
     baseline_shots: int = Field(4, ge=1)
-    seed: int = 0
-    max_tokens: int = Field(256, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="verification truncation (default: the target store's)")
+    revision: str | None = Field(None, description="model revision (default: the one the target store recorded)")
     batch_size: int = Field(16, ge=1)
     device: str = "cpu"
-    dtype: str = "auto"
+    dtype: str | None = Field(None, description="model dtype (default: the target store's encode setting)")
     sae_k: int | None = None
     overwrite: bool = False
-
-    @field_validator("languages")
-    @classmethod
-    def _languages(cls, value: list[str]) -> list[str]:
-        value = list(dict.fromkeys(v.strip() for v in value if v.strip()))
-        if not value:
-            raise ValueError("at least one language")
-        return value
-
-    @field_validator("baseline_random")
-    @classmethod
-    def _baseline(cls, value: int | str | None) -> int | str | None:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("the random baseline needs N ≥ 1 samples (or match)")
-        return value
-
-    @field_validator("variants")
-    @classmethod
-    def _variants(cls, value: list[Variant]) -> list[Variant]:
-        if not value:
-            raise ValueError("at least one variant")
-        return list(dict.fromkeys(value))
 
 
 # ------------------------------------------------------------------------------------------------------ run state
@@ -254,8 +202,13 @@ def run_synth(
     targets = _select_targets(config, report)
     inventory = load_inventory(config.inventory) if config.inventory else inventory_from_report(report)
 
+    target_store = target_manifest(report)
+    recorded = target_store.options if target_store else {}
+    options = verify_options(config.verify, recorded=recorded, max_tokens=config.max_tokens,
+                             batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+    revision = config.revision or (target_store.model.get("revision") if target_store else None)
     if lm is None:
-        lm = load_model(config.model, device=config.device, dtype=parse_dtype(config.dtype))
+        lm = load_model(config.model, device=config.device, dtype=parse_dtype(options.dtype), revision=revision)
     check_layers(lm, [layer])
     if sae is None:
         sae = load_sae(config.sae, layer, k=config.sae_k, device=config.device)
@@ -271,7 +224,7 @@ def run_synth(
             raise UsageError(f"gap feature {t.feature} is out of range for the SAE (d_sae={sae.d_sae})")
     if generator is None:
         generator = build_generator(config.generator, lm=lm, sae=sae, layer=layer, device=config.device,
-                                    dtype=parse_dtype(config.dtype))
+                                    dtype=parse_dtype(options.dtype))
     slots = plan_slots(targets, config.per_feature, config.languages, tuple(config.variants))
     supported = getattr(generator, "languages", None)  # a generator that is limited to some languages says so
     if supported:
@@ -280,9 +233,7 @@ def run_synth(
             raise UsageError(f"--languages {','.join(unknown)}: the {generator.name} generator has templates for "
                              f"{', '.join(supported)} only")
 
-    verifier = Verifier(lm, sae, layer, verify_options(config.verify, max_tokens=config.max_tokens,
-                                                       batch_size=config.batch_size, device=config.device,
-                                                       dtype=config.dtype))
+    verifier = Verifier(lm, sae, layer, options)
     states = {s.id: SlotState(s) for s in slots}
     dedup = CandidateDedup(config.near_duplicate_threshold)
     copies = {t.feature: NearCopyCheck(t.examples, config.near_copy) for t in targets}
@@ -545,6 +496,17 @@ def _store_table(states: dict[str, SlotState], slots: list[Slot], report: GapRep
 
 
 # ------------------------------------------------------------------------------------------------------ gaps input
+
+
+def target_manifest(report: GapReport) -> StoreManifest | None:
+    """The manifest of the store the gaps were measured on (the report's first target that is a store still on
+    disk): verification encodes with its options and its model revision. None for frame targets or a moved store."""
+    from qscope_data.store import is_feature_store
+
+    for target in report.targets:
+        if target.get("kind") == "store" and is_feature_store(target.get("path", "")):
+            return FeatureStore(target["path"]).manifest
+    return None
 
 
 def _resolve_layer(config: SynthConfig, report: GapReport) -> int:

@@ -47,10 +47,17 @@ class Verification:
     table: pa.Table  # the store's feature columns, one row per encoded candidate
 
 
-def verify_options(target: VerifyTarget = "prompt", *, max_tokens: int = 256, batch_size: int = 16,
-                   device: str = "cpu", dtype: str = "auto") -> EncodeOptions:
-    return EncodeOptions(span=SPAN_OF[target], max_tokens=max_tokens, batch_size=batch_size, device=device, dtype=dtype,
-                         id_field="id", drop_text=True)
+# The encode options of the target store that verification reuses: how a record is cut and aggregated.
+RECORDED = ("max_tokens", "keep_first", "max_record_bytes", "long_records", "dtype")
+
+
+def verify_options(target: VerifyTarget = "prompt", *, recorded: dict | None = None, batch_size: int | None = None,
+                   device: str | None = None, **overrides) -> EncodeOptions:
+    """The verification encode's options: the target store's own (`recorded`, its manifest's `options`) so an
+    accepted sample's activation is what encoding it into that store gives; `overrides` (not None) win."""
+    given = {k: v for k, v in (recorded or {}).items() if k in RECORDED}
+    given |= {k: v for k, v in dict(overrides, batch_size=batch_size, device=device).items() if v is not None}
+    return EncodeOptions(**given, span=SPAN_OF[target], id_field="id", drop_text=True)
 
 
 class Verifier:

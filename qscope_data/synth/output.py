@@ -1,11 +1,11 @@
-"""Reading accepted synthetic samples (the synthesis stage's output folder) for mixing into a curated dataset.
+"""The synthesis stage's output folder, owned here: its file names, the accepted samples' schema (what
+`synthesize.py` writes) and the reader later stages (curate, the card) use.
 
 ``DIR/accepted.jsonl`` (or ``accepted.parquet``): one sample a line with ``id`` (its doc_id), ``messages`` (ending
 in an assistant turn), ``target_feature``, ``category``, ``lang``, ``generator``, ``attempts``, ``activation``,
 ``verified`` (what the verification encode read: ``prompt`` or ``conversation``), ``variant``, ``label``,
-``threshold`` — the schema `qscope synth` writes (qscope_data/synth/synthesize.py). ``DIR/summary.json`` is optional;
-its sha256 goes into the curated manifest. A sample that is not usable (bad JSON, no id, malformed messages,
-``verified`` false) is removed with a reason; the run goes on.
+``threshold``. ``DIR/summary.json`` is optional to a reader; its sha256 goes into the curated manifest. A sample that
+is not usable (bad JSON, no id, malformed messages, ``verified`` false) is removed with a reason; the run goes on.
 """
 
 from __future__ import annotations
@@ -15,12 +15,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from qscope_data import atomic
 from qscope_data.errors import DataError
 from qscope_data.inputs import ROLES
 
-ACCEPTED = ("accepted.jsonl", "accepted.parquet")
-SUMMARY = "summary.json"
+ACCEPTED_JSONL = "accepted.jsonl"
+ACCEPTED_PARQUET = "accepted.parquet"
+REJECTED_JSONL = "rejected.jsonl"
+BASELINE_DIR = "baseline"
+SUMMARY_JSON = "summary.json"
+STORE_DIR = "store"
+
+ACCEPTED_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("target_feature", pa.int32()),
+    ("category", pa.string()),
+    ("lang", pa.string()),
+    ("generator", pa.string()),
+    ("attempts", pa.int32()),
+    ("activation", pa.float64()),
+    ("verified", pa.string()),
+    ("variant", pa.string()),
+    ("label", pa.string()),
+    ("threshold", pa.float64()),
+    ("response", pa.string()),  # "generated", or a template refusal when the generated answer did not refuse
+])
+ACCEPTED = (ACCEPTED_JSONL, ACCEPTED_PARQUET)  # what a reader looks for, in this order
 META = ("target_feature", "label", "attempts", "activation", "threshold", "verified", "variant")
 
 
@@ -122,7 +145,7 @@ def load_synthetic(folder: str | Path) -> SyntheticSet:
             category=_str_or_none(obj.get("category")), generator=gen or "unknown",
             meta={k: obj.get(k) for k in META}, 
         ))
-    summary = folder / SUMMARY
+    summary = folder / SUMMARY_JSON
     return SyntheticSet(
         path=folder, accepted=accepted, samples=samples, rejects=rejects, accepted_sha256=atomic.sha256_file(accepted),
         summary_sha256=atomic.sha256_file(summary) if summary.is_file() else None,
@@ -133,7 +156,7 @@ def synth_provenance(folder: Path) -> dict[str, Any] | None:
     """Which generator and which verification produced a synthesis folder's samples (from its summary.json), for the
     dataset card; None when the folder has no readable summary."""
     try:
-        summary = json.loads((Path(folder) / SUMMARY).read_text(encoding="utf-8"))
+        summary = json.loads((Path(folder) / SUMMARY_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     gen, comp = summary.get("generator") or {}, summary.get("comparison") or {}

@@ -1,0 +1,21 @@
+"""CLI options whose defaults come from a stage's options model, so a default is declared once (in the model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+
+def default_of(model: type[BaseModel], field: str) -> Any:
+    """A field's default as the model declares it (a factory is called)."""
+    return model.model_fields[field].get_default(call_default_factory=True)
+
+
+def option(model: type[BaseModel], field: str, *flags: str, to_cli: Callable[[Any], Any] | None = None,
+           **kwargs: Any) -> Any:
+    """`typer.Option` for `model.field`: the default is the model's (`to_cli` turns it into the flag's form, e.g. a
+    list into comma-separated text)."""
+    default = default_of(model, field)
+    return typer.Option(to_cli(default) if to_cli else default, *flags, **kwargs)

@@ -1,0 +1,115 @@
+"""Every stage default is declared once, in the stage's options model: the CLI's flags, the pipeline config's
+sections and the libraries' keyword defaults must all agree with it (a second, different default fails here)."""
+
+from __future__ import annotations
+
+import inspect
+
+import click
+import pytest
+import typer
+
+from qscope_data.cli import app
+from qscope_data.config import PipelineConfig
+from qscope_data.coverage.gaps import GapsOptions, compute_gaps
+from qscope_data.coverage.inventory import InventoryOptions, select_features
+from qscope_data.curate.curate import CurateOptions
+from qscope_data.encode_options import EncodeOptions, RayOptions
+from qscope_data.rules.mine import MineOptions
+from qscope_data.synth.options import SynthOptions
+
+# command path → its stage's options model; flag parameter names that differ from the field's name
+STAGE_COMMANDS = {
+    ("encode",): EncodeOptions,
+    ("rules", "mine"): MineOptions,
+    ("rules", "select-layer"): MineOptions,
+    ("features", "select"): InventoryOptions,
+    ("gaps",): GapsOptions,
+    ("synth",): SynthOptions,
+    ("curate",): CurateOptions,
+}
+RENAMED = {"heldout": "heldout_fraction", "validation": "validation_fraction", "fmt": "format", "license_": "license"}
+# options of a command that belong to a second model (the encode command's Ray executor flags)
+SECOND_MODEL = {("encode",): (RayOptions, {"ray_address": "address"})}
+
+
+def _command(path: tuple[str, ...]) -> click.Command:
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def _as_flag(value):
+    """A model default in the form its flag takes (lists are comma-separated text on the command line)."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("path", list(STAGE_COMMANDS), ids=" ".join)
+def test_cli_defaults_are_the_options_models(path):
+    compared = 0
+    for param in _command(path).params:
+        model, field = STAGE_COMMANDS[path], RENAMED.get(param.name, param.name)
+        if path in SECOND_MODEL and field not in model.model_fields:
+            model, renamed = SECOND_MODEL[path]
+            field = renamed.get(field, field)
+        if field not in model.model_fields:
+            continue
+        expected = model.model_fields[field].get_default(call_default_factory=True)
+        assert param.default == _as_flag(expected), f"qscope {' '.join(path)} --{param.name}: {param.default!r} vs {model.__name__}.{field} = {expected!r}"
+        compared += 1
+    assert compared >= 3, f"qscope {' '.join(path)} shares almost no options with {STAGE_COMMANDS[path].__name__}"
+
+
+@pytest.mark.parametrize("section, model", [("inventory", InventoryOptions), ("gaps", GapsOptions),
+                                            ("synth", SynthOptions), ("curate", CurateOptions)])
+def test_pipeline_sections_are_the_options_models(section, model):
+    annotation = PipelineConfig.model_fields[section].annotation
+    classes = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+    assert any(issubclass(c, model) for c in classes), f"PipelineConfig.{section} is not (a subclass of) {model.__name__}"
+    for cls in classes:
+        for name, field in getattr(cls, "model_fields", {}).items():
+            if name in model.model_fields:
+                assert field.get_default(call_default_factory=True) == model.model_fields[name].get_default(
+                    call_default_factory=True), f"{section}.{name} redeclares its default"
+
+
+def test_mine_section_is_the_mine_options():
+    from qscope_data.config import RulesConfig
+
+    section = [a for a in RulesConfig.model_fields["mine"].annotation.__args__ if isinstance(a, type)][0]
+    assert issubclass(section, MineOptions)
+    assert section.model_fields["top"].default == MineOptions.model_fields["top"].default == 10
+
+
+@pytest.mark.parametrize("function, model, renamed", [
+    (select_features, InventoryOptions, {"n_examples": "examples"}),
+    (compute_gaps, GapsOptions, {"n_examples": "examples"}),
+])
+def test_library_keyword_defaults_are_the_options_models(function, model, renamed):
+    defaults = model()
+    checked = 0
+    for name, param in inspect.signature(function).parameters.items():
+        field = renamed.get(name, name)
+        if field in model.model_fields and param.default is not inspect.Parameter.empty:
+            assert param.default == getattr(defaults, field), f"{function.__name__}({name}=…) disagrees with {model.__name__}"
+            checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("section, model, renamed", [
+    ("corpora", EncodeOptions, {}), ("encode", EncodeOptions, {}), ("encode", RayOptions, {"ray_address": "address"}),
+])
+def test_encode_sections_refer_to_the_encode_options(section, model, renamed):
+    from qscope_data.config import CorpusConfig, EncodeConfig
+
+    cls = CorpusConfig if section == "corpora" else EncodeConfig
+    checked = 0
+    for name, field in cls.model_fields.items():
+        target = renamed.get(name, name)
+        if target in model.model_fields:
+            theirs = model.model_fields[target]
+            assert field.get_default(call_default_factory=True) == theirs.get_default(call_default_factory=True), name
+            assert field.metadata == theirs.metadata, f"{section}.{name}: constraints differ from {model.__name__}"
+            checked += 1
+    assert checked >= 2
