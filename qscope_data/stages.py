@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from qscope_data import atomic
 from qscope_data.config import PipelineConfig
@@ -85,18 +85,6 @@ class StageResult:
 
 # -- cache keys -------------------------------------------------------------------------------------------------
 
-# The config sections each stage's output depends on (executor choice and orchestration settings never change outputs).
-_SECTIONS: dict[str, tuple[str, ...]] = {
-    "encode": ("model", "sae", "encode.batch_size", "encode.shard_rows"),
-    "mine": ("rules.mine",),
-    "score": ("rules.files", "score"),
-    "select": ("inventory",),
-    "gaps": ("gaps",),
-    "synth": ("model", "sae", "synth"),
-    "curate": ("curate", "name", "corpora"),
-}
-
-
 def outputs_listing(paths: list[str]) -> dict[str, list]:
     """path → [[relative name, bytes, mtime_ns], …] of every file a stage output is (or holds); [] when absent.
     Sizes and mtimes, not hashes: a check on every flow run must not reread gigabytes of shards."""
@@ -128,7 +116,7 @@ def settings_digest(config: PipelineConfig, stage: str, corpus: str | None = Non
     """sha256 of the config sections `stage` reads (and the corpus' own section for per-corpus stages)."""
     data = config.model_dump(mode="json")
     picked: dict[str, Any] = {}
-    for path in _SECTIONS[stage]:
+    for path in stage_named(stage).settings:
         value: Any = data
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
@@ -287,6 +275,7 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     """Targeted synthesis for the gaps; a sample is kept only if re-encoding shows its target feature fires.
     It loads the model (generation with a local generator, verification always): with the Ray executor it runs as
     a Ray task holding the encoder actors' GPUs (`executors.placement`), never in the driver."""
+    from qscope_data.coverage.report import GAPS_JSON
     from qscope_data.executors.placement import ray_options, run_placed
     from qscope_data.synth.synthesize import SynthConfig, run_synth
 
@@ -295,7 +284,7 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
         raise UsageError("synth is not configured")
     out = layout(config).synth
     cfg = SynthConfig(
-        **s.model_dump(), gaps=Path(gaps_dir) / "gaps.json", model=config.model.id, sae=config.sae.path, out=out,
+        **s.model_dump(), gaps=Path(gaps_dir) / GAPS_JSON, model=config.model.id, sae=config.sae.path, out=out,
         layer=config.sae.layer, inventory=Path(inventory) if inventory else None, device=config.model.device,
         dtype=config.model.dtype, sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True,
         **baseline_pool(config),
@@ -359,6 +348,57 @@ def curate_corpus(config: PipelineConfig, store: str, scores: str | None = None,
     counts = result.manifest.counts
     md = f"### curate\n\n→ `{out}`\n\n```json\n{json.dumps(counts, indent=1, default=str)[:3000]}\n```\n"
     return StageResult("curate", {"curated": str(out)}, {"counts": counts}, md)
+
+
+# -- the graph ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, declared once: the flows' tasks, the cache keys, `qscope validate`'s summary and
+    docs/architecture.md's table follow this row."""
+
+    name: str  # the task, cache-key and artifact name
+    command: str  # the stage's own command (same options, same output: tests/test_stage_commands.py)
+    section: str  # the config section that switches it on (and holds its options model)
+    settings: tuple[str, ...]  # config paths its output depends on (the cache key; executor choice never is)
+    reads: tuple[str, ...]  # upstream outputs (`Layout` names) or the corpus' input files
+    writes: str  # its `Layout` output
+    run: Callable[..., StageResult]
+
+    def configured(self, config: PipelineConfig) -> bool:
+        value: Any = config
+        for part in self.section.split("."):
+            value = getattr(value, part, None)
+        return value is not None and value != {}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("encode", "qscope encode", "corpora", ("model", "sae", "encode.batch_size", "encode.shard_rows"),
+          ("input",), "store", encode_corpus),
+    Stage("mine", "qscope rules mine", "rules.mine", ("rules.mine",), ("store",), "mined_rules", mine_rules),
+    Stage("score", "qscope score", "score", ("rules.files", "score"), ("store", "mined_rules"), "scores",
+          score_corpus),
+    Stage("select", "qscope features select", "inventory", ("inventory",), ("store",), "inventory",
+          select_inventory),
+    Stage("gaps", "qscope gaps", "gaps", ("gaps",), ("inventory", "store"), "gaps", find_gaps),
+    Stage("synth", "qscope synth", "synth", ("model", "sae", "synth"), ("gaps", "inventory"), "synth",
+          synthesize_gaps),
+    Stage("curate", "qscope curate", "curate", ("curate", "name", "corpora"), ("store", "scores", "synth"),
+          "curated", curate_corpus),
+)
+
+
+def stage_named(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"no stage {name!r} (stages: {', '.join(s.name for s in STAGES)})")
+
+
+def configured_stages(config: PipelineConfig) -> list[str]:
+    """The stages a run of `config` will run, in graph order."""
+    return [s.name for s in STAGES if s.configured(config)]
 
 
 # -- validation ---------------------------------------------------------------------------------------------------

@@ -80,3 +80,23 @@ def test_curate(case, tmp_path):  # noqa: F811 (fixture)
     assert rows(piped).equals(rows(out))
     assert pl.read_parquet(piped / "removed.parquet").sort("doc_id").equals(
         pl.read_parquet(out / "removed.parquet").sort("doc_id"))
+
+
+def test_every_stage_of_the_graph_has_its_task_command_and_output():
+    """The STAGES table is what the flows, the cache keys and `validate` follow: each row names a real task, a real
+    command and a real output place."""
+    import typer
+    from prefect import Task
+
+    import qscope_flows.tasks as tasks
+    from qscope_data.cli import app
+
+    task_names = {t.name for t in vars(tasks).values() if isinstance(t, Task)}
+    root = typer.main.get_command(app)
+    for stage in stages.STAGES:
+        assert stage.name in task_names, f"stage {stage.name} has no flow task"
+        command = root
+        for word in stage.command.split()[1:]:
+            command = command.commands[word]
+        assert hasattr(stages.Layout, stage.writes), f"stage {stage.name} writes to no Layout place"
+        assert stage.settings and callable(stage.run)

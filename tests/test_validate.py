@@ -52,7 +52,7 @@ def test_a_good_config_passes_with_what_was_checked(project, capsys):
     code, out, err = run_validate(project / "pipeline.yaml", capsys)
     assert code == 0, err
     assert "ok: model" in out and "hidden size 64" in out and "compatible" in out
-    assert "ok: rules: 1 file(s), 1 rule(s) parse" in out and "valid (encode, rules, score)" in out
+    assert "ok: rules: 1 file(s), 1 rule(s) parse" in out and "valid (stages: encode, mine, score)" in out
     assert not (project / "run").exists()  # nothing computed, nothing written
 
 

@@ -77,13 +77,12 @@ def validate(
 ) -> None:
     """Check the config, its inputs and rule files, and the model / SAE pair, without computing anything."""
     from qscope_data.config import load_config
-    from qscope_data.stages import check_pipeline
+    from qscope_data.stages import check_pipeline, configured_stages
 
     cfg = load_config(config)
     for line in check_pipeline(cfg, check_model=model):
         print(f"ok: {line}")
-    stages = [s for s in ("rules", "score", "inventory", "gaps", "synth", "curate") if getattr(cfg, s) is not None]
-    print(f"{config}: valid (encode{', ' + ', '.join(stages) if stages else ''})")
+    print(f"{config}: valid (stages: {', '.join(configured_stages(cfg))})")
 
 
 def register(app: typer.Typer) -> None:

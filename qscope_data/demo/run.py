@@ -87,13 +87,15 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
     summary.toxicity = _toxicity_summary(tox)
     # Dashboards for the inventory's features (token-level reference store), and the gap report linked to them.
     from qscope_data.coverage.gaps import load_gaps
-    from qscope_data.coverage.report import write_gap_report
+    from qscope_data.coverage.report import GAPS_JSON, write_gap_report
+    from qscope_data.curate.manifest import load_manifest
     from qscope_data.explain.options import ExplainOptions
     from qscope_data.explain.run import run_explain
+    from qscope_data.synth.output import load_synth_summary
 
     dashboards = out / "report" / "features"
     explained = run_explain(ExplainOptions(features=where.store("texts"), inventory=where.inventory, out=dashboards))
-    gap_report = load_gaps(where.gaps / "gaps.json")
+    gap_report = load_gaps(where.gaps / GAPS_JSON)
     write_gap_report(gap_report, where.gaps, dashboard=dashboards)
     summary.gaps = gap_report.to_json()
     summary.explained = {"features": explained.features, "notes": list(explained.notes)}
@@ -103,10 +105,8 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
                          "median_purity": purities[len(purities) // 2] if purities else None,
                          "min_purity": inventory.provenance.min_purity}
     summary.density = _dictionary_density(where.store("sft"), sae_width=summary.sae["d_sae"])
-    synth_summary = json.loads((where.synth / "summary.json").read_text())
-    summary.synth = synth_summary
-    curated_manifest = json.loads((where.curated / "manifest.json").read_text())
-    summary.curate = curated_manifest
+    summary.synth = load_synth_summary(where.synth)
+    summary.curate = load_manifest(where.curated).model_dump(mode="json")
     summary.paths = {
         "report": str(out / "report" / "report.html"),
         "gap_report": str(where.gaps / "report.html"),

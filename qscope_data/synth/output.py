@@ -152,6 +152,14 @@ def load_synthetic(folder: str | Path) -> SyntheticSet:
     )
 
 
+def load_synth_summary(folder: str | Path) -> dict[str, Any]:
+    """A finished synthesis folder's summary.json (totals, coverage before/after, comparison, generator, …)."""
+    path = Path(folder) / SUMMARY_JSON
+    if not path.is_file():
+        raise DataError(f"{folder}: no {SUMMARY_JSON} (not a finished `qscope synth` output)")
+    return atomic.read_json(path)
+
+
 def synth_provenance(folder: Path) -> dict[str, Any] | None:
     """Which generator and which verification produced a synthesis folder's samples (from its summary.json), for the
     dataset card; None when the folder has no readable summary."""
