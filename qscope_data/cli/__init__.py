@@ -47,7 +47,7 @@ def _is_read_error(exc: Exception) -> bool:
 def validation_message(exc) -> str:
     """One line for a pydantic error of an options model: the option as the user typed it, what is wrong, the value."""
     err = exc.errors()[0]
-    option = "--" + ".".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else exc.title
+    option = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else exc.title
     return f"{option}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 

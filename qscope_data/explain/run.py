@@ -18,7 +18,6 @@ and the hard negatives (features with similar decoder directions).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
