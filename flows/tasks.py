@@ -25,14 +25,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 
-from importlib.metadata import version
 
-from qscope_data import stages
+from qscope_data import code_version, stages
 from qscope_data.config import PipelineConfig
 from qscope_data.errors import UsageError
 
 
-_CODE_VERSION = version("qscope-data")
+_CODE_VERSION = code_version()
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

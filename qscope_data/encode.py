@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel
 
 from qscope_data.capture import LoadedModel, capture, check_layers, load_model
+from qscope_data import code_version  # noqa: F401 (re-exported: the executors import it from here)
 from qscope_data.encode_options import EncodeOptions
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Record, Reject, input_fingerprint, iter_records, resolve_paths
@@ -362,15 +363,6 @@ def job_identity(model: str, revision: str | None, sae_spec: str, sae_k: int | N
         # store must not mix shards computed both ways; the device index (cuda:0 vs cuda:1) does not matter.
         "numerics": {"device": options.device.split(":")[0], "batch_size": options.batch_size},
     }
-
-
-def code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("qscope-data")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def run_encode(

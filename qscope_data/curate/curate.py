@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qscope_data import atomic
+from qscope_data import atomic, code_version
 from qscope_data.curate import dedup as dedup_mod
 from qscope_data.curate.card import render_card
 from qscope_data.curate.formats import Format, FormatRefused, Unformattable, format_fields, to_format
@@ -751,7 +751,7 @@ def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: Cu
     atomic.write_parquet(stage / REMOVED, _removed_table(meta))
     manifest = CuratedManifest(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        code_version=_code_version(),
+        code_version=code_version(),
         format=options.format,
         options={
             "text_role": options.text_role, "text_prompt": options.text_prompt, "quarantine": options.quarantine,
@@ -782,16 +782,6 @@ def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: Cu
     atomic.write_text(stage / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     _swap_into_place(stage, out)
     return manifest
-
-
-def _code_version() -> str:
-    # importlib.metadata rather than qscope_data.encode.code_version: that module imports torch, curate needs none
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("qscope-data")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _swap_into_place(stage: Path, out: Path) -> None:
