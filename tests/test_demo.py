@@ -14,6 +14,7 @@ import datasets
 import pytest
 import yaml
 
+from dashboard_dom import CHROMIUM, check_feature_page
 from qscope_data.demo.run import PIPELINE_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,16 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
     gap_html = (out / "gaps" / "report.html").read_text()
     if gaps["gaps"]:
         assert "features/feature-" in gap_html  # each gap links to its dashboard page
+    if CHROMIUM:  # a dashboard page of the demo's inventory, as the browser renders it, is the demo store's token table
+        from transformers import AutoTokenizer
+
+        from qscope_data.store import FeatureStore
+
+        first = json.loads((out / "report" / "features" / "features.json").read_text())["features"][0]["feature"]
+        texts = FeatureStore(out / "stores" / "texts")
+        tokens = texts.scan_tokens(texts.layers[0]).collect()
+        page = out / "report" / "features" / f"feature-{first}.html"
+        assert check_feature_page(page, tokens, first, AutoTokenizer.from_pretrained(gemma_dir), tmp_path) >= 1
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "converting" not in again.stderr

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import subprocess
 from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +15,7 @@ import pytest
 import torch
 
 from cli_inprocess import qscope
+from dashboard_dom import RenderedSpans, check_feature_page, needs_chromium, rendered_dom
 from qscope_data.encode import EncodeOptions, run_encode
 from qscope_data.explain.detection import detection_score
 from qscope_data.explain.prompts import EXPLAINER_SYSTEM, parse_detection, parse_explanation
@@ -29,7 +27,6 @@ LAYER = 2
 KEY = "sk-qscope-explain-5d1e0b77aa"
 KEY_ENV = "QSCOPE_EXPLAIN_TEST_KEY"
 LANGS = ("en", "de", "fr")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -304,77 +301,19 @@ def test_labels_feed_select_and_gap_report_links_dashboard(world, tmp_path, monk
 # ------------------------------------------------------------------------------------------- headless Chromium
 
 
-class _Spans(HTMLParser):
-    """Token spans of a rendered page, grouped by their context div (what the browser's DOM holds)."""
-
-    def __init__(self):
-        super().__init__()
-        self.contexts: list[dict] = []
-        self.rows: list[dict] = []
-        self._span: dict | None = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "div" and "ctx" in (a.get("class") or "").split() and "data-kind" in a:
-            self.contexts.append({"kind": a["data-kind"], "doc": a["data-doc"], "spans": []})
-        elif tag == "span" and "t" in (a.get("class") or "").split() and self.contexts:
-            self._span = {"pos": int(a["data-pos"]), "tok": int(a["data-tok"]), "act": float(a["data-act"]),
-                          "on": "on" in a["class"].split(), "text": ""}
-        elif tag == "tr" and "data-id" in a:
-            self.rows.append({"id": int(a["data-id"]), "hidden": "display: none" in (a.get("style") or "")})
-
-    def handle_data(self, data):
-        if self._span is not None:
-            self._span["text"] += data
-
-    def handle_endtag(self, tag):
-        if tag == "span" and self._span is not None:
-            self.contexts[-1]["spans"].append(self._span)
-            self._span = None
-
-
-def rendered_dom(url: str, tmp: Path) -> tuple[str, str]:
-    """Chromium's DOM after scripts ran, and its stderr (console messages)."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp / 'profile'}", "--enable-logging=stderr",
-           "--v=0", "--dump-dom", url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, start_new_session=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout, proc.stderr
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
+@needs_chromium
 def test_dashboard_in_chromium_shows_the_token_table(world, tmp_path):
     from transformers import AutoTokenizer
 
     out = tmp_path / "dash"
     assert run_dashboard(world, out)[0] == 0
-    tokens = token_table(world["store"])
-    tok_at = {(r["doc_id"], r["position"]): r["token_id"] for r in tokens.iter_rows(named=True)}
     f = world["features"][0]
-    act_at = {(r["doc_id"], r["position"]): dict(zip(r["feature_ids"], r["values"])).get(f, 0.0)
-              for r in tokens.iter_rows(named=True)}
     tokenizer = AutoTokenizer.from_pretrained(world["model"])
-    dom, err = rendered_dom((out / f"feature-{f}.html").resolve().as_uri(), tmp_path)
-    assert not [line for line in err.splitlines() if re.search(r":CONSOLE[:(\]]|Uncaught", line)]
-    page = _Spans()
-    page.feed(dom)
-    top = [c for c in page.contexts if c["kind"] == "top"]
-    assert top and len({c["doc"] for c in top}) >= 2
-    highlighted = 0
-    for ctx in top:
-        for s in ctx["spans"]:
-            assert s["tok"] == tok_at[(ctx["doc"], s["pos"])]
-            assert s["act"] == pytest.approx(act_at[(ctx["doc"], s["pos"])], rel=1e-5)
-            assert s["on"] == (act_at[(ctx["doc"], s["pos"])] > 0)
-            highlighted += s["on"]
-        ids = [s["tok"] for s in ctx["spans"]]
-        assert "".join(s["text"] for s in ctx["spans"]) == tokenizer.decode(ids)
-    assert highlighted >= len(top)  # every top context shows its peak highlighted
+    assert check_feature_page(out / f"feature-{f}.html", token_table(world["store"]), f, tokenizer, tmp_path) >= 2
 
     other = world["features"][1]
     dom, err = rendered_dom((out / "index.html").resolve().as_uri() + f"#q={other}", tmp_path)
-    index = _Spans()
+    index = RenderedSpans()
     index.feed(dom)
     assert sorted(r["id"] for r in index.rows) == sorted(world["features"])
     assert [r["id"] for r in index.rows if not r["hidden"]] == [other], "search by id did not filter the index"
