@@ -85,8 +85,9 @@ def _looks_like_hub_dataset(item: str) -> bool:
 def input_fingerprint(paths: list[str]) -> str:
     """A hash of what the inputs hold, in order, for manifests, cache keys and the checks of later stages (curate
     compares it with the store's): a file's bytes; a saved Hugging Face dataset folder's files (relative names and
-    bytes); a hub dataset only its name (its content is not read here: pin a revision or save it to disk for a
-    content fingerprint). Paths are not hashed, so moving a corpus keeps its fingerprint."""
+    bytes); a hub dataset its name and the commit it resolves to now (a git hash of its content; the name alone
+    when neither the hub nor the local cache knows one). Paths are not hashed, so moving a corpus keeps its
+    fingerprint."""
     h = hashlib.sha256()
     for p in paths:
         if os.path.isfile(p):
@@ -98,8 +99,25 @@ def input_fingerprint(paths: list[str]) -> str:
                 h.update(f.relative_to(p).as_posix().encode() + b"\0")
                 _hash_file(h, str(f))
         else:
-            h.update(b"hub\0" + p.encode() + b"\0")
+            h.update(b"hub\0" + p.encode() + b"\0" + (hub_dataset_commit(p) or "").encode() + b"\0")
     return h.hexdigest()
+
+
+def hub_dataset_commit(name: str) -> str | None:
+    """The commit `load_dataset(name)` reads: the hub's main when it can be asked (the cache's ref may be stale),
+    else the local cache's — what changes when the dataset's content changes under the same name."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    repo = name.removeprefix("hf://")
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return HfApi().dataset_info(repo).sha
+        except Exception:  # unreachable hub, unknown or private repo: fall back to the cache
+            pass
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", local_files_only=True)).name
+    except Exception:  # not cached either: the name is all there is
+        return None
 
 
 def _hash_file(h, path: str) -> None:

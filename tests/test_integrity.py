@@ -58,6 +58,20 @@ def test_stray_shard_is_never_read(tmp_path):
     assert frame.height == 60 and frame["doc_id"].n_unique() == 60
 
 
+def test_score_over_a_store_with_a_stray_shard_scores_only_the_manifests_documents(tmp_path, capsys):
+    """Issue 17 case 1 through the CLI: a stray `part-00099.parquet` made `score` write 80 rows for 60 documents."""
+    import polars as pl
+
+    root = _split_store(tmp_path)
+    shutil.copy(root / "layer6" / "part-00000.parquet", root / "layer6" / "part-00099.parquet")
+    code, _, err = qscope("score", "--rules", _rules(tmp_path), "--features", root, "--out", tmp_path / "scores",
+                          "--no-progress", capsys=capsys)
+    assert code == 0, err
+    scores = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "scores").glob("*.parquet"))])
+    assert scores.height == 60 and scores["doc_id"].n_unique() == 60
+    assert json.loads((tmp_path / "scores" / "summary.json").read_text())["n_documents"] == 60
+
+
 def test_verify_checks_sha256_and_manifest_verify_lists_it(tmp_path, capsys):
     root = _split_store(tmp_path)
     shard = root / "layer6" / "part-00002.parquet"
@@ -328,7 +342,29 @@ def test_a_saved_dataset_folder_is_fingerprinted_by_its_content_not_its_path(tmp
     assert input_fingerprint([str(tmp_path / "ds")]) != first  # same path, other content
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "3")])
+def test_a_hub_dataset_is_fingerprinted_by_the_commit_it_resolves_to(tmp_path, monkeypatch):
+    """The same hub name at another commit (its content changed on the hub) is another input; the commit is read
+    offline from a cache laid out as the hub client writes it."""
+    from huggingface_hub import constants
+
+    from qscope_data.inputs import input_fingerprint
+
+    repo = tmp_path / "hub" / "datasets--org--corpus"
+    for sha in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "data.jsonl").write_text(json.dumps({"id": sha[0], "text": sha}) + "\n")
+    (repo / "refs").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = input_fingerprint(["org/corpus"])
+    assert input_fingerprint(["org/corpus"]) == first
+    (repo / "refs" / "main").write_text("b" * 40)
+    assert input_fingerprint(["org/corpus"]) != first
+    assert input_fingerprint(["org/uncached"]) == input_fingerprint(["org/uncached"])  # no commit known: the name
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "3"), ("--device", "cuda")])
 def test_resuming_a_store_with_other_numerics_is_refused_and_changes_nothing(write_jsonl, tiny_model_dir, sae_dir,
                                                                               tmp_path, capsys, flag, value):
     """Same inputs and outputs, another batch size: the floating-point result differs, so the store is not resumed

@@ -5,6 +5,7 @@ concurrency limit holds; the key goes out as a Bearer header and appears in no l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -12,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -26,7 +28,7 @@ KEY = "sk-qscope-test-7f3a9c51e2"
 KEY_ENV = "QSCOPE_TEST_API_KEY"
 
 # Behaviour of the n-th try (1-based) of a request id: ("ok",) | ("status", code, retry_after) | ("slow", seconds)
-#   | ("echo-auth",)
+#   | ("echo-auth",) | ("echo-auth-200",) | ("huge", n_bytes)
 Script = Callable[[str, int], tuple]
 
 
@@ -72,6 +74,8 @@ class ChatServer:
                     if action[0] == "echo-auth-200":  # a completion that repeats the caller's key
                         return self._send(200, {"choices": [{"index": 0, "message": {
                             "role": "assistant", "content": f"sure, your header was {self.headers.get('Authorization')}"}}]})
+                    if action[0] == "huge":  # a 200 completion of n_bytes characters, built once (server memory)
+                        return self._send(200, _huge_body(action[1]))
                     if action[0] == "slow":
                         time.sleep(action[1])
                     time.sleep(0.02)  # a little service time, so requests overlap
@@ -85,8 +89,8 @@ class ChatServer:
                     with server.lock:
                         server.in_flight -= 1
 
-            def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, code: int, payload: dict | bytes, headers: dict | None = None) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
@@ -113,6 +117,11 @@ class ChatServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@functools.lru_cache(maxsize=2)
+def _huge_body(n_bytes: int) -> bytes:
+    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * n_bytes}}]}).encode()
 
 
 def answer(messages: list[dict]) -> str:
@@ -274,6 +283,40 @@ def test_default_key_goes_only_to_openai(monkeypatch):
         assert all(r.ok for r in gen.generate(requests_for(2)))
     assert server.auth and all(a is None for a in server.auth)
     assert OpenAIGenerator("https://api.openai.com/v1", OpenAIParams(model="m"))._key == KEY
+
+
+def test_a_30_mb_completion_is_refused_unparsed_and_never_written(world, tmp_path, monkeypatch, capsys):
+    """Issue 17 case 7: one 30 MB completion cost 5.4 GB RSS and 98 s and wrote a 60 MB rejected.jsonl. Under the
+    default max_completion_bytes (1 MiB) it is that request's error, dropped as it streams in: the run fails (every
+    request failed) with one line naming the bound, rejected.jsonl records each slot's error, not the body, and
+    memory does not grow with the body (a 2 MiB run first: model, SAE and server are in the peak already)."""
+    import resource
+    import time
+
+    from cli_inprocess import qscope
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+    def synth(n_bytes: int, out: Path) -> tuple[int, str]:
+        with ChatServer(lambda rid, n: ("huge", n_bytes)) as server:
+            code, _, err = qscope("synth", "--gaps", world.gaps, "--model", world.model, "--sae", world.sae, "--out",
+                                  out, "--generator", f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}"
+                                  "&max_retries=0", "--per-feature", "1", "--max-attempts", "1", "--languages", "en",
+                                  "--no-progress", capsys=capsys)
+        return code, err
+
+    _huge_body(30 << 20)  # the server's body, built before the peak is read
+    assert synth(2 << 20, tmp_path / "small")[0] == 1
+    peak, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    out = tmp_path / "out"
+    code, err = synth(30 << 20, out)
+    errors = [line for line in err.splitlines() if line.startswith("qscope: error:")]
+    assert code == 1 and len(errors) == 1 and "exceeds max_completion_bytes=1,048,576" in errors[0], err
+    assert time.monotonic() - start < 60
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 << 10  # KiB: no 30 MB body held per request
+    lines = (out / "rejected.jsonl").read_text().splitlines()  # one per slot: its error, never the body
+    assert lines and all(len(line) < 1000 and "exceeds max_completion_bytes" in line for line in lines)
+    assert not (out / "summary.json").exists() and not (out / "accepted.jsonl").exists()
 
 
 def test_synth_where_every_request_gets_401_exits_non_zero(world, tmp_path, monkeypatch, capsys):

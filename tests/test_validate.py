@@ -109,6 +109,8 @@ def test_package_paths_resolve_to_installed_packages(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(workdir="./texts.jsonl"), "workdir"),
+    pytest.param(lambda c: c.update(workdir="/etc/hostname"), "/etc/hostname",  # issue 17 case 10, as reported
+                 marks=pytest.mark.skipif(not Path("/etc/hostname").is_file(), reason="no /etc/hostname here")),
     (lambda c: c.update(inventory={"corpus": "texts", "label_field": "label", "negative": "0"}, gaps={"target": "texts"},
                         synth={"generator": "openai:ftp://example.org/v1?model=m"}), "ftp://example.org/v1"),
 ])

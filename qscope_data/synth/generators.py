@@ -15,7 +15,8 @@ never raising for one failed request, so the synthesis loop can record it, retry
 The HTTP key is read from the environment variable `key_env` names (default OPENAI_API_KEY, which is sent only to
 api.openai.com: another base URL gets a key only when the spec names key_env), sent only as a Bearer header, and
 scrubbed from every error message and every completion before anything is written; it is never logged or written.
-A response body over `max_completion_bytes` (default 1 MiB) is that request's error, never parsed.
+A response body over `max_completion_bytes` (default 1 MiB) is that request's error, dropped as it streams in (never
+held whole, never parsed).
 """
 
 from __future__ import annotations
@@ -443,15 +444,14 @@ class OpenAIGenerator:
             retry_after: float | None = None
             await pace.wait()
             try:
-                resp = await client.post(self.url, json=body, headers={"X-Client-Request-Id": req.id})
+                resp, size = await _post_bounded(client, self.url, body, req.id, p.max_completion_bytes)
             except httpx.TimeoutException:
                 error, retryable = f"timeout after {p.timeout:g} s", True
             except httpx.TransportError as exc:
                 error, retryable = f"connection error: {type(exc).__name__}: {exc}", True
             else:
-                if resp.status_code == 200 and len(resp.content) > p.max_completion_bytes:
-                    error, retryable = (f"response of {len(resp.content):,} bytes exceeds max_completion_bytes="
-                                        f"{p.max_completion_bytes:,}"), False
+                if resp.status_code == 200 and size is not None:
+                    error, retryable = f"response of {size} bytes exceeds max_completion_bytes={p.max_completion_bytes:,}", False
                 elif resp.status_code == 200:
                     text, problem = _completion_text(resp)
                     if text is not None:  # scrubbed before anything can write it
@@ -474,6 +474,28 @@ class OpenAIGenerator:
             log.info("request %s: %s; retry %d/%d in %.2f s", req.id, error, attempt + 1, p.max_retries, delay)
             await asyncio.sleep(delay)
         return GenerationResult(req.id, None, error, tries=p.max_retries + 1)  # not reached
+
+
+async def _post_bounded(client, url: str, body: dict, request_id: str, limit: int):
+    """POST `body` and read at most `limit` bytes of the answer: (the response, None), or (the response without its
+    body, the size refused) — an over-long body is dropped as it streams in, never held whole (a 30 MB completion
+    once cost 5.4 GB)."""
+    import httpx
+
+    chunks: list[bytes] = []
+    refused: str | None = None
+    async with client.stream("POST", url, json=body, headers={"X-Client-Request-Id": request_id}) as resp:
+        read = 0
+        async for chunk in resp.aiter_bytes():  # decoded: the limit is on what would be parsed
+            read += len(chunk)
+            if read > limit:
+                length = resp.headers.get("content-length", "")
+                refused, chunks = (f"{int(length):,}" if length.isdigit() else f"more than {limit:,}"), []
+                break
+            chunks.append(chunk)
+    kept = [(k, v) for k, v in resp.headers.items() if k.lower() not in ("content-encoding", "content-length",
+                                                                         "transfer-encoding")]  # the body is decoded
+    return httpx.Response(resp.status_code, headers=kept, content=b"".join(chunks), request=resp.request), refused
 
 
 def _completion_text(resp) -> tuple[str | None, str | None]:
