@@ -101,6 +101,29 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
         tokens = texts.scan_tokens(texts.layers[0]).collect()
         page = out / "report" / "features" / f"feature-{first}.html"
         assert check_feature_page(page, tokens, first, AutoTokenizer.from_pretrained(gemma_dir), tmp_path) >= 1
+    assert_logit_lens_is_gemmas_unembedding(out / "report" / "features" / "features.json", gemma_dir)
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "converting" not in again.stderr
+
+
+def assert_logit_lens_is_gemmas_unembedding(table_path: Path, gemma_dir: Path) -> None:
+    """The demo dashboards' promoted / suppressed tokens, computed independently: Gemma's final RMSNorm scales by
+    (1 + w), so the ranking is W_U ((1 + w) * d) for the feature's decoder direction d (the unembedding is tied)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qscope_data.demo.demo_sae import load_demo_sae
+
+    model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32)
+    W_U = model.get_output_embeddings().weight.detach()
+    scale = 1.0 + model.model.norm.weight.detach().float()
+    W_dec = load_demo_sae().W_dec.float()
+    for feat in json.loads(table_path.read_text())["features"][:3]:
+        scores = W_U @ (scale * W_dec[:, feat["feature"]])
+        for key, signed in (("promoted", scores), ("suppressed", -scores)):
+            ids = [t["token_id"] for t in feat["logit_lens"][key]]
+            expected = torch.topk(signed, len(ids))
+            # near-ties may swap places between two float paths: the same tokens, each within the expected range
+            assert set(ids) == set(expected.indices.tolist()) or all(
+                signed[i] >= expected.values[-1] - 1e-4 * expected.values[0].abs() for i in ids), (feat["feature"], key)
