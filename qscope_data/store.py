@@ -156,8 +156,9 @@ class FeatureStore:
         problems = self.problems(verify=verify, first=True) if check else []
         if problems:
             raise DataError(problems[0])
-        _OPENED.pop(self.root.resolve(), None)
-        _OPENED[self.root.resolve()] = self  # re-inserted: the latest opened is checked first
+        key = self.root.resolve()
+        _OPENED.pop(key, None)
+        _OPENED[key] = self  # re-inserted: the latest opened is checked first
 
     def problems(self, *, verify: bool = True, first: bool = False) -> list[str]:
         """What makes the shards differ from what the manifest lists: a listed shard outside the store, missing,
