@@ -76,18 +76,38 @@ def random_sae(like: SparseAutoencoder, mean: torch.Tensor, seed: int = 0) -> Sp
 Replacement = Callable[[torch.Tensor], torch.Tensor]
 
 
+def loss_positions(real: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Which positions' next-token predictions count: real tokens followed by a real token, a seeded random
+    `fraction` of them.
+
+    Why sample: the loss needs full-vocabulary logits (262,144 for Gemma: 335 MFLOP and 1 MB per position, more than
+    the rest of a 270M model's forward), so scoring every position of every variant dominated the run. The sample
+    is drawn once per batch and shared by every variant, so their differences are paired, not sampling noise.
+    """
+    keep = torch.zeros_like(real)
+    keep[:, :-1] = real[:, :-1] & real[:, 1:]
+    if fraction < 1.0:
+        keep &= torch.rand(keep.shape, generator=gen) < fraction
+    return keep
+
+
 @torch.no_grad()
 def spliced_losses(lm, layer: int, texts: Sequence[str], replacements: dict[str, Replacement | None], *,
-                   max_tokens: int = 128, batch_size: int = 16, splice_first: bool = False) -> dict[str, float]:
+                   max_tokens: int = 128, batch_size: int = 16, splice_first: bool = False,
+                   position_fraction: float = 1.0, seed: int = 0) -> dict[str, float]:
     """Mean next-token cross-entropy over `texts` with block `layer`'s output replaced per variant (None = clean).
 
-    One forward per variant and batch; the loss counts every real next-token prediction (padding excluded).
+    One forward per variant and batch; the loss counts the real next-token predictions `loss_positions` keeps
+    (padding excluded), and the LM head runs on those positions only (`logits_to_keep` as a mask).
     """
     from qscope_data.capture import edit_block_output
 
+    if not 0.0 < position_fraction <= 1.0:
+        raise ValueError(f"position_fraction must be in (0, 1], got {position_fraction}")
     totals = {name: 0.0 for name in replacements}
     count = 0
     tok = lm.tokenizer
+    gen = torch.Generator().manual_seed(seed)
     for start in range(0, len(texts), batch_size):
         enc = tok(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=max_tokens,
                   return_tensors="pt")
@@ -95,8 +115,11 @@ def spliced_losses(lm, layer: int, texts: Sequence[str], replacements: dict[str,
         real = mask.bool()
         first = real & (real.cumsum(1) == 1)
         edit_at = real & ~first if not splice_first else real
-        targets = ids[:, 1:].masked_fill(~real[:, 1:], -100)
-        count += int((targets != -100).sum())
+        keep = loss_positions(real.cpu(), position_fraction, gen).to(lm.device)
+        targets = torch.roll(ids, -1, dims=1)[keep]
+        if targets.numel() == 0:
+            continue
+        count += int(targets.numel())
         for name, fn in replacements.items():
             def edit(h: torch.Tensor, _call: int, fn=fn) -> torch.Tensor:
                 new = h.clone()
@@ -104,20 +127,23 @@ def spliced_losses(lm, layer: int, texts: Sequence[str], replacements: dict[str,
                 new[edit_at] = fn(rows.float()).to(h.dtype)
                 return new
 
+            def forward() -> torch.Tensor:
+                return lm.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+
             if fn is None:
-                logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                logits = forward()
             else:
                 with edit_block_output(lm, layer, edit):
-                    logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                     targets.reshape(-1), ignore_index=-100, reduction="sum")
+                    logits = forward()
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets,
+                                                     reduction="sum")
             totals[name] += float(loss)
     return {name: total / max(count, 1) for name, total in totals.items()}
 
 
 def evaluate_sae(lm, sae: SparseAutoencoder, layer: int, heldout_x: torch.Tensor, heldout_texts: Sequence[str], *,
                  mean: torch.Tensor | None = None, max_tokens: int = 128, splice_first: bool = False,
-                 seed: int = 0) -> list[Quality]:
+                 seed: int = 0, position_fraction: float = 1.0) -> list[Quality]:
     """Our SAE against zero-ablation, mean-ablation and a random SAE, on the same held-out activations and texts."""
     mean = heldout_x.float().mean(0) if mean is None else mean.float()
     rand = random_sae(sae, mean, seed)
@@ -128,7 +154,8 @@ def evaluate_sae(lm, sae: SparseAutoencoder, layer: int, heldout_x: torch.Tensor
         "mean-ablation": lambda h: mean.to(h.device).expand_as(h),
         **{name: (lambda h, s=s: reconstruct(s, h)[0]) for name, s in saes.items()},
     }
-    losses = spliced_losses(lm, layer, heldout_texts, replacements, max_tokens=max_tokens, splice_first=splice_first)
+    losses = spliced_losses(lm, layer, heldout_texts, replacements, max_tokens=max_tokens, splice_first=splice_first,
+                            position_fraction=position_fraction, seed=seed)
     clean, zero = losses["clean"], losses["zero-ablation"]
 
     def recovered(loss: float) -> float:
