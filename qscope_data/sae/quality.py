@@ -120,15 +120,16 @@ def spliced_losses(lm, layer: int, texts: Sequence[str], replacements: dict[str,
         if targets.numel() == 0:
             continue
         count += int(targets.numel())
+
+        def forward() -> torch.Tensor:
+            return lm.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+
         for name, fn in replacements.items():
             def edit(h: torch.Tensor, _call: int, fn=fn) -> torch.Tensor:
                 new = h.clone()
                 rows = h[edit_at]
                 new[edit_at] = fn(rows.float()).to(h.dtype)
                 return new
-
-            def forward() -> torch.Tensor:
-                return lm.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
 
             if fn is None:
                 logits = forward()
