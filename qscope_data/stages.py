@@ -200,7 +200,8 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
 
 
 def mine_rules(config: PipelineConfig, store: str) -> StageResult:
-    """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store."""
+    """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store, at
+    `sae.layer` (never the top1-diff pick: the rules must be for the layer the config's SAE reads)."""
     from qscope_data.rules.mine import MineOptions, mine_store
 
     m = config.rules.mine if config.rules else None
@@ -208,7 +209,7 @@ def mine_rules(config: PipelineConfig, store: str) -> StageResult:
         raise UsageError("rules.mine is not configured")
     out = layout(config).mined_rules
     cfg = MineOptions.model_validate(m.model_dump(exclude={"corpus"}))
-    result = mine_store(store, cfg, out)
+    result = mine_store(store, cfg, out, layer=config.sae.layer)
     lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
              for r in result["rules"]]
     md = f"### rules mine\n\n{len(result['rules'])} rule(s) mined from `{store}` (layer {result['layer']}):\n\n" + "\n".join(lines) + "\n"
@@ -216,14 +217,15 @@ def mine_rules(config: PipelineConfig, store: str) -> StageResult:
 
 
 def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -> StageResult:
-    """Score every document of the store with the configured rule files (and the mined ones)."""
+    """Score every document of the store with the configured rule files (and the mined ones), at `sae.layer`
+    (a store with several layers is scored where the config's SAE reads, as `qscope score --layer` does)."""
     from qscope_data.rules.score import score_store
 
     if config.score is None:
         raise UsageError("score is not configured")
     files = list(config.rules.files if config.rules else []) + ([mined] if mined else [])
     out = layout(config).scores(config.score.corpus)
-    summary = score_store(files, store, out, progress=interactive())
+    summary = score_store(files, store, out, layer=config.sae.layer, progress=interactive())
     rows = [f"| `{name}` | {r.get('action', '')} | {r.get('hits', '')} |" for name, r in summary["rules"].items()]
     md = (f"### score `{config.score.corpus}`\n\n{summary['n_documents']:,} documents, {len(files)} rule file(s)\n\n"
           "| rule | action | hits |\n|---|---|---|\n" + "\n".join(rows) + "\n")
