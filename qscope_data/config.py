@@ -17,7 +17,7 @@ from qscope_data.coverage.gaps import GapsOptions
 from qscope_data.curate.curate import CurateOptions
 from qscope_data.coverage.inventory import InventoryOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 from qscope_data.rules.mine import MineOptions
 from qscope_data.synth.options import SynthOptions
 
@@ -234,7 +234,5 @@ def load_config(path: str | Path) -> PipelineConfig:
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise UsageError(f"{path}: {loc}: {err['msg']}") from None
+        raise invalid(exc, str(path)) from None
     return config.resolve_paths(path.parent)

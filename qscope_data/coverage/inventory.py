@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qscope_data import atomic
-from qscope_data.errors import DataError, UsageError
+from qscope_data.errors import DataError, UsageError, invalid
 from qscope_data.store import FeatureStore
 
 INVENTORY_VERSION = 1
@@ -375,9 +375,7 @@ def load_inventory(path: str | Path) -> Inventory:
     try:
         inventory = Inventory.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise UsageError(f"inventory {path}: {where}: {err['msg']}") from None
+        raise invalid(exc, f"inventory {path}") from None
     if inventory.version > INVENTORY_VERSION:
         raise UsageError(f"inventory {path}: version {inventory.version} is newer than this qscope ({INVENTORY_VERSION})")
     seen: set[int] = set()
