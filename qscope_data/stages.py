@@ -279,7 +279,8 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     a Ray task holding the encoder actors' GPUs (`executors.placement`), never in the driver."""
     from qscope_data.coverage.report import GAPS_JSON
     from qscope_data.executors.placement import ray_options, run_placed
-    from qscope_data.synth.synthesize import SynthConfig, run_synth
+    from qscope_data.synth.options import SynthConfig
+    from qscope_data.synth.synthesize import run_synth
 
     s = config.synth
     if s is None:

@@ -4,6 +4,7 @@ sections and the libraries' keyword defaults must all agree with it (a second, d
 from __future__ import annotations
 
 import inspect
+import re
 
 import click
 import pytest
@@ -16,7 +17,8 @@ from qscope_data.coverage.inventory import InventoryOptions, select_features
 from qscope_data.curate.curate import CurateOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.rules.mine import MineOptions
-from qscope_data.synth.options import SynthOptions
+from qscope_data.synth.nearcopy import NearCopyOptions
+from qscope_data.synth.options import SynthConfig, SynthOptions
 
 # command path → its stage's options model; flag parameter names that differ from the field's name
 STAGE_COMMANDS = {
@@ -25,12 +27,14 @@ STAGE_COMMANDS = {
     ("rules", "select-layer"): MineOptions,
     ("features", "select"): InventoryOptions,
     ("gaps",): GapsOptions,
-    ("synth",): SynthOptions,
+    ("synth",): SynthConfig,  # the stage's options (SynthOptions) plus the run's files and verifying encoder
     ("curate",): CurateOptions,
 }
-RENAMED = {"heldout": "heldout_fraction", "validation": "validation_fraction", "fmt": "format", "license_": "license"}
-# options of a command that belong to a second model (the encode command's Ray executor flags)
-SECOND_MODEL = {("encode",): (RayOptions, {"ray_address": "address"})}
+RENAMED = {"heldout": "heldout_fraction", "validation": "validation_fraction", "fmt": "format", "license_": "license",
+           "near_dup": "near_duplicate_threshold", "benign": "benign_categories"}
+# options of a command that belong to a second model (the encode command's Ray executor flags, synth's near-copy ones)
+SECOND_MODEL = {("encode",): (RayOptions, {"ray_address": "address"}),
+                ("synth",): (NearCopyOptions, {"near_copy_jaccard": "jaccard", "near_copy_containment": "containment"})}
 
 
 def _command(path: tuple[str, ...]) -> click.Command:
@@ -45,20 +49,43 @@ def _as_flag(value):
     return ",".join(value) if isinstance(value, list) else value
 
 
+def _field(path: tuple[str, ...], param: click.Parameter) -> tuple[type, str] | None:
+    """The options model field with a default that a command's parameter sets (None: a parameter of the command
+    alone, or a required field such as a path)."""
+    model, field = STAGE_COMMANDS[path], RENAMED.get(param.name, param.name)
+    if path in SECOND_MODEL and field not in model.model_fields:
+        model, renamed = SECOND_MODEL[path]
+        field = renamed.get(field, field)
+    return (model, field) if field in model.model_fields and not model.model_fields[field].is_required() else None
+
+
 @pytest.mark.parametrize("path", list(STAGE_COMMANDS), ids=" ".join)
 def test_cli_defaults_are_the_options_models(path):
     compared = 0
     for param in _command(path).params:
-        model, field = STAGE_COMMANDS[path], RENAMED.get(param.name, param.name)
-        if path in SECOND_MODEL and field not in model.model_fields:
-            model, renamed = SECOND_MODEL[path]
-            field = renamed.get(field, field)
-        if field not in model.model_fields:
+        if (found := _field(path, param)) is None:
             continue
+        model, field = found
         expected = model.model_fields[field].get_default(call_default_factory=True)
         assert param.default == _as_flag(expected), f"qscope {' '.join(path)} --{param.name}: {param.default!r} vs {model.__name__}.{field} = {expected!r}"
         compared += 1
     assert compared >= 3, f"qscope {' '.join(path)} shares almost no options with {STAGE_COMMANDS[path].__name__}"
+
+
+@pytest.mark.parametrize("path", list(STAGE_COMMANDS), ids=" ".join)
+def test_help_does_not_restate_a_default(path):
+    """A default written into a flag's help text is a second declaration that goes stale when the model changes
+    (typer shows the model's own default beside the help)."""
+    for param in _command(path).params:
+        found, text = _field(path, param), getattr(param, "help", None) or ""
+        if found is None or not text:
+            continue
+        model, field = found
+        default = _as_flag(model.model_fields[field].get_default(call_default_factory=True))
+        if default is None or isinstance(default, bool) or default == "":
+            continue
+        restated = re.search(rf"default:?\s+{re.escape(str(default))}(?![\w.])", text)
+        assert not restated, f"qscope {' '.join(path)} --{param.name}: help restates {model.__name__}.{field} = {default!r}"
 
 
 @pytest.mark.parametrize("section, model", [("inventory", InventoryOptions), ("gaps", GapsOptions),
