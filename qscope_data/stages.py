@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -22,6 +21,7 @@ from typing import Any, Callable, Literal
 from qscope_data import atomic
 from qscope_data.config import PipelineConfig
 from qscope_data.errors import UsageError
+from qscope_data.result import interactive
 
 Executor = Literal["local", "ray"]
 
@@ -154,11 +154,6 @@ def inputs_digest(paths: list[str | Path]) -> str:
 # -- the stages -------------------------------------------------------------------------------------------------
 
 
-def interactive() -> bool:
-    """Progress bars only where a person watches (a terminal), not in a scheduled run's log."""
-    return sys.stderr.isatty()
-
-
 def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | None = None, resume: bool = True,
                   progress: bool | None = None) -> StageResult:
     """The corpus into its feature store (local or Ray executor). A store holding another job (new data, other
@@ -174,7 +169,7 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
         device=config.model.device, dtype=config.model.dtype,
     )
     layers = [config.sae.layer]
-    progress = interactive() if progress is None else progress
+    progress = interactive(progress)
     overwrite = not resume
     if resume:
         job = job_identity(config.model.id, config.model.revision, config.sae.path, config.sae.k, layers,
@@ -233,43 +228,38 @@ def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -
 
 
 def select_inventory(config: PipelineConfig, store: str) -> StageResult:
-    """The safety-feature inventory: per category, the features that fire most above the negative class."""
-    from qscope_data.coverage.inventory import save_inventory, select_features
-    from qscope_data.store import FeatureStore
+    """The safety-feature inventory (`coverage.inventory.run`): per category, the features that fire most above the
+    negative class, at `sae.layer`."""
+    from qscope_data.coverage.inventory import InventoryOptions, SelectInputs, run
 
     inv_cfg = config.inventory
     if inv_cfg is None:
         raise UsageError("inventory is not configured")
-    inventory = select_features(FeatureStore(store), label_field=inv_cfg.label_field, negative=inv_cfg.negative,
-                                top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer,
-                                n_examples=inv_cfg.examples, contrast=inv_cfg.contrast, min_purity=inv_cfg.min_purity,
-                                purity_top=inv_cfg.purity_top)
-    out = layout(config).inventory
-    save_inventory(inventory, out)
-    counts = {cat: sum(1 for f in inventory.features if f.category == cat) for cat in inventory.categories()}
-    md = f"### features select\n\n{len(inventory.features)} feature(s) over {len(counts)} categor(ies): " + \
+    options = InventoryOptions.model_validate(inv_cfg.model_dump(exclude={"corpus"}))
+    result = run(options, SelectInputs(Path(store), layer=config.sae.layer), layout(config).inventory,
+                 progress=interactive())
+    counts = result.stats["by_category"]
+    md = f"### features select\n\n{result.stats['features']} feature(s) over {len(counts)} categor(ies): " + \
         ", ".join(f"{k} {v}" for k, v in counts.items()) + "\n"
-    return StageResult("select", {"inventory": str(out)}, {"features": len(inventory.features), "by_category": counts}, md)
+    return StageResult("select", {"inventory": str(result.outputs["inventory"])}, dict(result.stats), md)
 
 
 def find_gaps(config: PipelineConfig, inventory: str, target_store: str, dashboard: str | None = None) -> StageResult:
-    """Coverage of the inventory by the target corpus, and its gaps: gaps.json + report.md/html with plots.
-    The summary's markdown is the gap report itself. `dashboard`: a `features explain` folder the gaps link to."""
-    from qscope_data.coverage.gaps import compute_gaps
-    from qscope_data.coverage.inventory import load_inventory
-    from qscope_data.coverage.report import gap_report_markdown, write_gap_report
-    from qscope_data.store import FeatureStore
+    """Coverage of the inventory by the target corpus, and its gaps (`coverage.gaps.run`): gaps.json +
+    report.md/html with plots. The summary's markdown is the gap report itself. `dashboard`: a `features explain`
+    folder the gaps link to."""
+    from qscope_data.coverage.gaps import GapsInputs, GapsOptions, run
+    from qscope_data.coverage.report import gap_report_markdown
 
     g = config.gaps
     if g is None:
         raise UsageError("gaps is not configured")
-    report = compute_gaps(load_inventory(inventory), FeatureStore(target_store), by=g.by, min_docs=g.min_docs,
-                          n_examples=g.examples)
-    paths = write_gap_report(report, layout(config).gaps, dashboard=dashboard)
-    overall = report.coverage["overall"]
-    return StageResult("gaps", {name: str(p) for name, p in paths.items()} | {"dir": str(layout(config).gaps)},
-                       {"coverage": overall, "gaps": len(report.gaps), "warnings": report.warnings},
-                       gap_report_markdown(report))
+    inputs = GapsInputs(Path(inventory), [Path(target_store)], dashboard=Path(dashboard) if dashboard else None)
+    result = run(GapsOptions.model_validate(g.model_dump(exclude={"target"})), inputs, layout(config).gaps,
+                 progress=interactive())
+    return StageResult("gaps", {name: str(p) for name, p in result.outputs.items() if name != "gaps"}
+                       | {"dir": str(result.outputs["gaps"])},
+                       dict(result.stats), gap_report_markdown(result.artifact))
 
 
 def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None = None, *,

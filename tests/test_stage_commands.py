@@ -168,6 +168,19 @@ def test_synth(tiny_model_dir, tmp_path):
         assert ours[key] == theirs[key], key
 
 
+@pytest.mark.parametrize("module", ["qscope_data.coverage.inventory", "qscope_data.coverage.gaps"])
+def test_the_common_entry_point_form(module):
+    """Stages moved to the common form have one `run(options, inputs, out, *, progress=None) -> Result`."""
+    import importlib
+    import inspect
+
+    run = importlib.import_module(module).run
+    params = inspect.signature(run).parameters
+    assert list(params) == ["options", "inputs", "out", "progress"]
+    assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
+    assert run.__annotations__["return"].startswith("Result[")
+
+
 def test_every_stage_of_the_graph_has_its_task_command_and_output():
     """The STAGES table is what the flows, the cache keys and `validate` follow: each row names a real task, a real
     command and a real output place."""
