@@ -14,7 +14,7 @@ from qscope_data.cli import app
 from qscope_data.config import PipelineConfig
 from qscope_data.coverage.gaps import GapsOptions, compute_gaps
 from qscope_data.coverage.inventory import InventoryOptions, select_features
-from qscope_data.curate.curate import CurateOptions
+from qscope_data.curate.curate import CurateJob, CurateOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.rules.mine import MineOptions
 from qscope_data.synth.nearcopy import NearCopyOptions
@@ -28,7 +28,7 @@ STAGE_COMMANDS = {
     ("features", "select"): InventoryOptions,
     ("gaps",): GapsOptions,
     ("synth",): SynthConfig,  # the stage's options (SynthOptions) plus the run's files and verifying encoder
-    ("curate",): CurateOptions,
+    ("curate",): CurateJob,  # the stage's options (CurateOptions) plus what one run reads and writes
 }
 RENAMED = {"heldout": "heldout_fraction", "validation": "validation_fraction", "fmt": "format", "license_": "license",
            "near_dup": "near_duplicate_threshold", "benign": "benign_categories"}
@@ -67,9 +67,30 @@ def test_cli_defaults_are_the_options_models(path):
             continue
         model, field = found
         expected = model.model_fields[field].get_default(call_default_factory=True)
-        assert param.default == _as_flag(expected), f"qscope {' '.join(path)} --{param.name}: {param.default!r} vs {model.__name__}.{field} = {expected!r}"
+        want = expected if getattr(param, "multiple", False) else _as_flag(expected)  # a repeatable flag: a list
+        assert param.default == want, f"qscope {' '.join(path)} --{param.name}: {param.default!r} vs {model.__name__}.{field} = {expected!r}"
         compared += 1
     assert compared >= 3, f"qscope {' '.join(path)} shares almost no options with {STAGE_COMMANDS[path].__name__}"
+
+
+def _function(path: tuple[str, ...]):
+    """The Python function behind a command (its parameters' defaults are the `typer.Option` declarations)."""
+    command = _command(path)
+    return getattr(command.callback, "__wrapped__", command.callback)
+
+
+@pytest.mark.parametrize("path", list(STAGE_COMMANDS), ids=" ".join)
+def test_flags_of_model_fields_are_declared_from_the_model(path):
+    """Equal is not enough: a flag that sets an options field must take its default through `cli/params.option`,
+    so that changing the model changes the flag (a literal copy agrees only until then)."""
+    declared = inspect.signature(_function(path)).parameters
+    by_name = {p.name: p for p in _command(path).params}
+    for name, param in declared.items():
+        if name not in by_name or (found := _field(path, by_name[name])) is None:
+            continue
+        source = getattr(param.default, "model_field", None)
+        assert source is not None and source[1] == found[1] and issubclass(found[0], source[0]), (
+            f"qscope {' '.join(path)} --{name}: default written in the command, not taken from {found[0].__name__}.{found[1]}")
 
 
 @pytest.mark.parametrize("path", list(STAGE_COMMANDS), ids=" ".join)
