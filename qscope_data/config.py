@@ -19,6 +19,7 @@ from qscope_data.coverage.inventory import InventoryOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.errors import UsageError, invalid
 from qscope_data.rules.mine import MineOptions
+from qscope_data.rules.score import ScoreOptions
 from qscope_data.synth.options import SynthOptions
 
 
@@ -84,7 +85,9 @@ class RulesConfig(_Strict):
     mine: MineSection | None = None
 
 
-class ScoreConfig(_Strict):
+class ScoreSection(ScoreOptions):
+    """`score:`: the score stage's options (defaults in `rules.score.ScoreOptions`) and the corpus it scores."""
+
     corpus: str
 
 
@@ -124,7 +127,7 @@ class PipelineConfig(_Strict):
     corpora: dict[str, CorpusConfig]
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     rules: RulesConfig | None = None
-    score: ScoreConfig | None = None
+    score: ScoreSection | None = None
     inventory: InventorySection | None = None
     gaps: GapsSection | None = None
     synth: SynthOptions | None = None

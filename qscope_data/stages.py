@@ -220,7 +220,8 @@ def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -
         raise UsageError("score is not configured")
     files = list(config.rules.files if config.rules else []) + ([mined] if mined else [])
     out = layout(config).scores(config.score.corpus)
-    summary = score_store(files, store, out, layer=config.sae.layer, progress=interactive())
+    summary = score_store(files, store, out, layer=config.sae.layer, batch_rows=config.score.batch_rows,
+                          progress=interactive())
     rows = [f"| `{name}` | {r.get('action', '')} | {r.get('hits', '')} |" for name, r in summary["rules"].items()]
     md = (f"### score `{config.score.corpus}`\n\n{summary['n_documents']:,} documents, {len(files)} rule file(s)\n\n"
           "| rule | action | hits |\n|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -99,11 +99,12 @@ def test_score(tmp_path):
                      "rules:\n"
                      "  - {name: planted, when: 'fires(planted, 0.5)', score: 'act(planted)', action: drop}\n"
                      "  - {name: pooled, when: 'fires(pooled)', languages: [en, de], action: flag}\n")
-    cfg = config(tmp_path, {"texts": ["texts.jsonl"]}, rules={"files": [str(rules)]}, score={"corpus": "texts"})
+    cfg = config(tmp_path, {"texts": ["texts.jsonl"]}, rules={"files": [str(rules)]},
+                 score={"corpus": "texts", "batch_rows": 70})
     cfg.sae.layer = 6
     piped = load_scores(stages.score_corpus(cfg, str(store.root)).outputs["scores"])
     main(["score", "--rules", str(rules), "--features", str(store.root), "--layer", str(cfg.sae.layer),
-          "--out", str(tmp_path / "cli"), "--no-progress"])
+          "--batch-rows", str(cfg.score.batch_rows), "--out", str(tmp_path / "cli"), "--no-progress"])
     cli = load_scores(tmp_path / "cli")
     assert piped.summary["layer"] == cli.summary["layer"] == 6
     assert piped.actions == cli.actions == {"planted": "drop", "pooled": "flag"}
