@@ -17,8 +17,9 @@ from qscope_data.coverage.gaps import GapsOptions
 from qscope_data.curate.curate import CurateOptions
 from qscope_data.coverage.inventory import InventoryOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 from qscope_data.rules.mine import MineOptions
+from qscope_data.rules.score import ScoreOptions
 from qscope_data.synth.options import SynthOptions
 
 
@@ -84,7 +85,9 @@ class RulesConfig(_Strict):
     mine: MineSection | None = None
 
 
-class ScoreConfig(_Strict):
+class ScoreSection(ScoreOptions):
+    """`score:`: the score stage's options (defaults in `rules.score.ScoreOptions`) and the corpus it scores."""
+
     corpus: str
 
 
@@ -124,7 +127,7 @@ class PipelineConfig(_Strict):
     corpora: dict[str, CorpusConfig]
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     rules: RulesConfig | None = None
-    score: ScoreConfig | None = None
+    score: ScoreSection | None = None
     inventory: InventorySection | None = None
     gaps: GapsSection | None = None
     synth: SynthOptions | None = None
@@ -234,7 +237,5 @@ def load_config(path: str | Path) -> PipelineConfig:
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise UsageError(f"{path}: {loc}: {err['msg']}") from None
+        raise invalid(exc, str(path)) from None
     return config.resolve_paths(path.parent)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -22,6 +21,7 @@ from typing import Any, Callable, Literal
 from qscope_data import atomic
 from qscope_data.config import PipelineConfig
 from qscope_data.errors import UsageError
+from qscope_data.result import interactive
 
 Executor = Literal["local", "ray"]
 
@@ -154,11 +154,6 @@ def inputs_digest(paths: list[str | Path]) -> str:
 # -- the stages -------------------------------------------------------------------------------------------------
 
 
-def interactive() -> bool:
-    """Progress bars only where a person watches (a terminal), not in a scheduled run's log."""
-    return sys.stderr.isatty()
-
-
 def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | None = None, resume: bool = True,
                   progress: bool | None = None) -> StageResult:
     """The corpus into its feature store (local or Ray executor). A store holding another job (new data, other
@@ -174,7 +169,7 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
         device=config.model.device, dtype=config.model.dtype,
     )
     layers = [config.sae.layer]
-    progress = interactive() if progress is None else progress
+    progress = interactive(progress)
     overwrite = not resume
     if resume:
         job = job_identity(config.model.id, config.model.revision, config.sae.path, config.sae.k, layers,
@@ -200,7 +195,8 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
 
 
 def mine_rules(config: PipelineConfig, store: str) -> StageResult:
-    """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store."""
+    """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store, at
+    `sae.layer` (never the top1-diff pick: the rules must be for the layer the config's SAE reads)."""
     from qscope_data.rules.mine import MineOptions, mine_store
 
     m = config.rules.mine if config.rules else None
@@ -208,7 +204,7 @@ def mine_rules(config: PipelineConfig, store: str) -> StageResult:
         raise UsageError("rules.mine is not configured")
     out = layout(config).mined_rules
     cfg = MineOptions.model_validate(m.model_dump(exclude={"corpus"}))
-    result = mine_store(store, cfg, out)
+    result = mine_store(store, cfg, out, layer=config.sae.layer)
     lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
              for r in result["rules"]]
     md = f"### rules mine\n\n{len(result['rules'])} rule(s) mined from `{store}` (layer {result['layer']}):\n\n" + "\n".join(lines) + "\n"
@@ -216,14 +212,16 @@ def mine_rules(config: PipelineConfig, store: str) -> StageResult:
 
 
 def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -> StageResult:
-    """Score every document of the store with the configured rule files (and the mined ones)."""
+    """Score every document of the store with the configured rule files (and the mined ones), at `sae.layer`
+    (a store with several layers is scored where the config's SAE reads, as `qscope score --layer` does)."""
     from qscope_data.rules.score import score_store
 
     if config.score is None:
         raise UsageError("score is not configured")
     files = list(config.rules.files if config.rules else []) + ([mined] if mined else [])
     out = layout(config).scores(config.score.corpus)
-    summary = score_store(files, store, out, progress=interactive())
+    summary = score_store(files, store, out, layer=config.sae.layer, batch_rows=config.score.batch_rows,
+                          progress=interactive())
     rows = [f"| `{name}` | {r.get('action', '')} | {r.get('hits', '')} |" for name, r in summary["rules"].items()]
     md = (f"### score `{config.score.corpus}`\n\n{summary['n_documents']:,} documents, {len(files)} rule file(s)\n\n"
           "| rule | action | hits |\n|---|---|---|\n" + "\n".join(rows) + "\n")
@@ -231,43 +229,38 @@ def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -
 
 
 def select_inventory(config: PipelineConfig, store: str) -> StageResult:
-    """The safety-feature inventory: per category, the features that fire most above the negative class."""
-    from qscope_data.coverage.inventory import save_inventory, select_features
-    from qscope_data.store import FeatureStore
+    """The safety-feature inventory (`coverage.inventory.run`): per category, the features that fire most above the
+    negative class, at `sae.layer`."""
+    from qscope_data.coverage.inventory import InventoryOptions, SelectInputs, run
 
     inv_cfg = config.inventory
     if inv_cfg is None:
         raise UsageError("inventory is not configured")
-    inventory = select_features(FeatureStore(store), label_field=inv_cfg.label_field, negative=inv_cfg.negative,
-                                top=inv_cfg.top, min_support=inv_cfg.min_support, layer=config.sae.layer,
-                                n_examples=inv_cfg.examples, contrast=inv_cfg.contrast, min_purity=inv_cfg.min_purity,
-                                purity_top=inv_cfg.purity_top)
-    out = layout(config).inventory
-    save_inventory(inventory, out)
-    counts = {cat: sum(1 for f in inventory.features if f.category == cat) for cat in inventory.categories()}
-    md = f"### features select\n\n{len(inventory.features)} feature(s) over {len(counts)} categor(ies): " + \
+    options = InventoryOptions.model_validate(inv_cfg.model_dump(exclude={"corpus"}))
+    result = run(options, SelectInputs(Path(store), layer=config.sae.layer), layout(config).inventory,
+                 progress=interactive())
+    counts = result.stats["by_category"]
+    md = f"### features select\n\n{result.stats['features']} feature(s) over {len(counts)} categor(ies): " + \
         ", ".join(f"{k} {v}" for k, v in counts.items()) + "\n"
-    return StageResult("select", {"inventory": str(out)}, {"features": len(inventory.features), "by_category": counts}, md)
+    return StageResult("select", {"inventory": str(result.outputs["inventory"])}, dict(result.stats), md)
 
 
 def find_gaps(config: PipelineConfig, inventory: str, target_store: str, dashboard: str | None = None) -> StageResult:
-    """Coverage of the inventory by the target corpus, and its gaps: gaps.json + report.md/html with plots.
-    The summary's markdown is the gap report itself. `dashboard`: a `features explain` folder the gaps link to."""
-    from qscope_data.coverage.gaps import compute_gaps
-    from qscope_data.coverage.inventory import load_inventory
-    from qscope_data.coverage.report import gap_report_markdown, write_gap_report
-    from qscope_data.store import FeatureStore
+    """Coverage of the inventory by the target corpus, and its gaps (`coverage.gaps.run`): gaps.json +
+    report.md/html with plots. The summary's markdown is the gap report itself. `dashboard`: a `features explain`
+    folder the gaps link to."""
+    from qscope_data.coverage.gaps import GapsInputs, GapsOptions, run
+    from qscope_data.coverage.report import gap_report_markdown
 
     g = config.gaps
     if g is None:
         raise UsageError("gaps is not configured")
-    report = compute_gaps(load_inventory(inventory), FeatureStore(target_store), by=g.by, min_docs=g.min_docs,
-                          n_examples=g.examples)
-    paths = write_gap_report(report, layout(config).gaps, dashboard=dashboard)
-    overall = report.coverage["overall"]
-    return StageResult("gaps", {name: str(p) for name, p in paths.items()} | {"dir": str(layout(config).gaps)},
-                       {"coverage": overall, "gaps": len(report.gaps), "warnings": report.warnings},
-                       gap_report_markdown(report))
+    inputs = GapsInputs(Path(inventory), [Path(target_store)], dashboard=Path(dashboard) if dashboard else None)
+    result = run(GapsOptions.model_validate(g.model_dump(exclude={"target"})), inputs, layout(config).gaps,
+                 progress=interactive())
+    return StageResult("gaps", {name: str(p) for name, p in result.outputs.items() if name != "gaps"}
+                       | {"dir": str(result.outputs["gaps"])},
+                       dict(result.stats), gap_report_markdown(result.artifact))
 
 
 def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None = None, *,
@@ -277,7 +270,8 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     a Ray task holding the encoder actors' GPUs (`executors.placement`), never in the driver."""
     from qscope_data.coverage.report import GAPS_JSON
     from qscope_data.executors.placement import ray_options, run_placed
-    from qscope_data.synth.synthesize import SynthConfig, run_synth
+    from qscope_data.synth.options import SynthConfig
+    from qscope_data.synth.synthesize import run_synth
 
     s = config.synth
     if s is None:

@@ -9,9 +9,10 @@ import pytest
 
 from coverage_stores import LANGS, docs_frame, make_store, random_docs
 from qscope_data.cli import main
-from qscope_data.coverage.gaps import compute_gaps
+from qscope_data.coverage.gaps import GapsInputs, GapsOptions, compute_gaps, load_gaps, run
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory, save_inventory
 from qscope_data.coverage.report import gap_report_markdown
+from qscope_data.result import Result
 
 D_SAE = 64
 CATEGORIES = {"benign": ([], 0.0), "violence": ([1, 2, 3, 4, 5], 0.6), "fraud": ([10, 11, 12, 13], 0.5), "cyber": ([40, 41, 42], 0.5)}
@@ -93,6 +94,20 @@ def test_gaps_json_equals_direct_set_computation(setup, tmp_path):
     assert data["documents"]["total"] == len(setup["target_docs"])
     assert {p.name for p in out.iterdir()} >= {"gaps.json", "report.md", "report.html", "coverage_heatmap.png"}
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_run_is_the_stage_entry_point(setup, tmp_path):
+    """`run(options, inputs, out)` → a typed `Result`: the report it wrote (what `load_gaps` reads back), where it
+    wrote it and its stats; the same report `compute_gaps` gives for those options."""
+    options = GapsOptions(by=["lang", "source"], min_docs=2, examples=1)
+    result = run(options, GapsInputs(setup["inv_path"], [setup["target"].root]), tmp_path / "report")
+    assert isinstance(result, Result) and result.outputs["gaps"] == tmp_path / "report"
+    assert load_gaps(result.outputs["gaps.json"]).to_json() == result.artifact.to_json()
+    direct_report = compute_gaps(setup["inv"], setup["target"], by=["lang", "source"], min_docs=2, n_examples=1)
+    assert result.artifact.to_json() == direct_report.to_json()
+    assert result.stats["gaps"] == len(direct_report.gaps) > 0
+    assert result.stats["coverage"] == direct_report.coverage["overall"]
+    assert {"report.md", "report.html"} <= set(result.outputs) and all(p.exists() for p in result.outputs.values())
 
 
 def test_categories_and_languages_add_up(setup):

@@ -12,7 +12,8 @@ import yaml
 
 from coverage_stores import make_store, random_docs
 from qscope_data.cli import main
-from qscope_data.coverage.inventory import load_inventory, select_features
+from qscope_data.coverage.inventory import InventoryOptions, SelectInputs, load_inventory, run, select_features
+from qscope_data.result import Result
 
 D_SAE = 48
 CATEGORIES = {"benign": ([1, 2], 0.3), "violence": ([1, 5, 6, 7, 8], 0.55), "fraud": ([7, 8, 20, 21], 0.6), "self_harm": ([30, 31], 0.4)}
@@ -120,6 +121,20 @@ def test_label_file_merges_and_filters_by_safety_score(ref, tmp_path):
         assert feat.label == f"concept {feat.id}" and feat.description == f"fires on, things {feat.id}"
         assert feat.safety_score == 0.9 and feat.delta is not None
     assert merged.provenance.source == "store+labels" and merged.provenance.store_manifest == store.manifest_hash()
+
+
+def test_run_is_the_stage_entry_point(ref, tmp_path):
+    """`run(options, inputs, out)` → a typed `Result`: the inventory it wrote (what `load_inventory` reads back),
+    where, and its counts; the same inventory `select_features` gives for those options."""
+    _, store = ref
+    options = InventoryOptions(top=3, min_support=2, min_purity=0.0, examples=2)
+    result = run(options, SelectInputs(store.root), tmp_path / "inv.yaml")
+    assert isinstance(result, Result) and result.outputs == {"inventory": tmp_path / "inv.yaml"}
+    assert load_inventory(tmp_path / "inv.yaml").model_dump() == result.artifact.model_dump()
+    direct = select_features(store, top=3, min_support=2, min_purity=0.0, n_examples=2)
+    assert result.artifact.model_dump() == direct.model_dump() and direct.features
+    assert result.stats == {"features": len(direct.features),
+                            "by_category": {c: sum(f.category == c for f in direct.features) for c in direct.categories()}}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])

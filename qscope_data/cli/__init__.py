@@ -44,13 +44,6 @@ def _is_read_error(exc: Exception) -> bool:
     return module.startswith(("polars", "pyarrow")) or isinstance(exc, OSError) and "parquet" in str(exc).lower()
 
 
-def validation_message(exc) -> str:
-    """One line for a pydantic error of an options model: the option as the user typed it, what is wrong, the value."""
-    err = exc.errors()[0]
-    option = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else exc.title
-    return f"{option}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning project errors into one-line messages."""
     debug = "--debug" in (argv if argv is not None else sys.argv) or os.environ.get("QSCOPE_DEBUG") == "1"
@@ -76,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError) and not debug:  # an options model refused a flag's value
-            print(f"qscope: error: {validation_message(exc)}", file=sys.stderr)
+            from qscope_data.errors import invalid
+
+            print(f"qscope: error: {invalid(exc, flags=True)}", file=sys.stderr)
             sys.exit(2)
 
         if isinstance(exc, click.exceptions.ClickException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -11,7 +12,6 @@ from qscope_data.coverage.gaps import GapsOptions
 from qscope_data.coverage.inventory import InventoryOptions
 from qscope_data.outputs import file_option, folder_option
 
-from qscope_data.errors import UsageError
 
 features_app = typer.Typer(help="Choose SAE features that stand for concepts (the safety inventory).", no_args_is_help=True)
 
@@ -40,27 +40,13 @@ def select(
     out: Path = typer.Option(..., "--out", callback=file_option, help="Inventory YAML to write."),
 ) -> None:
     """Rank features per category by firing-rate gap Δ against the negative class and write the inventory YAML."""
-    from qscope_data.coverage.inventory import inventory_from_labels, load_labels, merge_labels, save_inventory, select_features
-    from qscope_data.store import FeatureStore
+    from qscope_data.coverage.inventory import SelectInputs, run
 
-    if features is None and labels is None:
-        raise UsageError("features select: give --features REF_STORE, --labels FILE, or both")
-    label_table = load_labels(labels) if labels is not None else None
-    if features is not None:
-        inventory = select_features(
-            FeatureStore(features), label_field=label_field, negative=negative, top=top, min_support=min_support,
-            layer=layer, n_examples=examples, contrast=contrast, min_purity=min_purity, purity_top=purity_top,
-        )
-        if label_table is not None:
-            inventory = merge_labels(inventory, label_table, path=labels, min_safety_score=min_safety_score)
-    else:
-        inventory = inventory_from_labels(label_table, path=labels, min_safety_score=min_safety_score, layer=layer)
-    save_inventory(inventory, out)
-    counts: dict[str, int] = {}
-    for feat in inventory.features:
-        counts[feat.category] = counts.get(feat.category, 0) + 1
-    summary = ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) or "none"
-    print(f"wrote {out}: {len(inventory.features)} feature(s) ({summary})")
+    options = InventoryOptions(label_field=label_field, negative=negative, top=top, min_support=min_support,
+                               contrast=contrast, min_purity=min_purity, purity_top=purity_top, examples=examples)
+    result = run(options, SelectInputs(features, layer, labels, min_safety_score), out, progress=True)
+    summary = ", ".join(f"{c} {n}" for c, n in sorted(result.stats["by_category"].items())) or "none"
+    print(f"wrote {out}: {result.stats['features']} feature(s) ({summary})")
 
 
 def gaps(
@@ -75,22 +61,13 @@ def gaps(
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Report folder: gaps.json, report.md, report.html."),
 ) -> None:
     """Which inventory features the target never fires, per category and language: gaps.json + report.md/html."""
-    from rich.console import Console
+    from qscope_data.coverage.gaps import GapsInputs, run
 
-    from qscope_data.coverage.gaps import compute_gaps
-    from qscope_data.coverage.inventory import load_inventory
-    from qscope_data.coverage.report import write_gap_report
-    from qscope_data.store import FeatureStore
-
-    inv = load_inventory(inventory)
-    stores = [FeatureStore(t) for t in target]
-    ref = FeatureStore(reference) if reference is not None else None
-    console = Console(stderr=True)
-    with console.status(f"coverage of {len(inv.features)} features over {len(stores)} target store(s)…"):
-        report = compute_gaps(inv, stores, reference=ref, by=_split(by), min_docs=min_docs, layer=layer, n_examples=examples)
-        paths = write_gap_report(report, out, dashboard=dashboard)
+    options = GapsOptions(by=_split(by), min_docs=min_docs, examples=examples)  # a bad value: one line (cli.main)
+    result = run(options, GapsInputs(inventory, list(target), reference, layer, dashboard), out, progress=True)
+    report, paths = result.artifact, result.outputs
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        print(f"warning: {warning}", file=sys.stderr)
     overall = report.coverage["overall"]
     frac = "–" if overall["fraction"] is None else f"{100 * overall['fraction']:.1f}%"
     print(f"coverage {overall['covered']}/{overall['total']} ({frac}), {len(report.gaps)} gap(s); wrote {paths['gaps.json']}, "

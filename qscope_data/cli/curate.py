@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from qscope_data.cli.params import option
-from qscope_data.curate.curate import CurateOptions
+from qscope_data.curate.curate import CurateJob, CurateOptions
 from qscope_data.outputs import folder_option
 
 manifest_app = typer.Typer(help="Check a curated dataset against its manifest.json.", no_args_is_help=True)
@@ -16,8 +16,8 @@ manifest_app = typer.Typer(help="Check a curated dataset against its manifest.js
 def curate(
     inputs: list[str] = typer.Option(..., "--input", help="Corpus the store was encoded from (JSONL / Parquet / glob / folder / dataset); repeat for several."),
     features: Path = typer.Option(..., "--features", help="Feature store of that corpus (from `qscope encode`)."),
-    scores: Path | None = typer.Option(None, "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
-    synth: list[Path] = typer.Option([], "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
+    scores: Path | None = option(CurateJob, "scores", "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
+    synth: list[Path] = option(CurateJob, "synth", "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: data/, removed.parquet, manifest.json, README.md."),
     fmt: str = option(CurateOptions, "format", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
     text_role: str | None = option(CurateOptions, "text_role", "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
@@ -25,22 +25,22 @@ def curate(
     quota: list[str] = typer.Option([], "--quota", help="FIELD=VALUE:N[,VALUE:N…] (lang, category, source): keep the first N; repeatable."),
     dedup: bool = option(CurateOptions, "dedup", "--dedup/--no-dedup", help="Remove exact and near duplicates (on by default)."),
     near_dup_threshold: float = option(CurateOptions, "near_dup_threshold", "--near-dup-threshold", help="Word-5-gram Jaccard at or above which two documents are near duplicates."),
-    executor: str = typer.Option("local", "--executor", help="Where dedup runs: local (in process) or ray (Ray Data; same decisions)."),
+    executor: str = option(CurateJob, "executor", "--executor", help="Where dedup runs: local (in process) or ray (Ray Data; same decisions)."),
     quarantine: bool = option(CurateOptions, "quarantine", "--quarantine", help="Route flagged rows to quarantine/ shards instead of train."),
     max_shard_rows: int = option(CurateOptions, "max_shard_rows", "--max-shard-rows", help="Rows per shard at most."),
     max_shard_bytes: int = option(CurateOptions, "max_shard_bytes", "--max-shard-bytes", help="Uncompressed (JSON) bytes per shard at most."),
     jsonl: bool = option(CurateOptions, "jsonl", "--jsonl", help="Also write each shard as JSONL beside the Parquet file."),
     license_: str = option(CurateOptions, "license", "--license", help="Licence field of the dataset card."),
-    name: str | None = typer.Option(None, "--name", help="Dataset name on the card (default: the folder name)."),
-    text_field: str | None = typer.Option(None, "--text-field", help="Text field (default: the store's encode setting)."),
-    id_field: str | None = typer.Option(None, "--id-field", help="Id field (default: the store's encode setting)."),
-    split: str | None = typer.Option(None, "--split", help="Split of a Hugging Face dataset input."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a curated dataset already in --out."),
+    name: str | None = option(CurateJob, "name", "--name", help="Dataset name on the card (default: the folder name)."),
+    text_field: str | None = option(CurateJob, "text_field", "--text-field", help="Text field (default: the store's encode setting)."),
+    id_field: str | None = option(CurateJob, "id_field", "--id-field", help="Id field (default: the store's encode setting)."),
+    split: str | None = option(CurateJob, "split", "--split", help="Split of a Hugging Face dataset input."),
+    overwrite: bool = option(CurateJob, "overwrite", "--overwrite", help="Replace a curated dataset already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Curated SFT shards: drop rule hits, keep flagged rows with their flags, dedup, quotas, synthetic mix-in."""
 
-    from qscope_data.curate.curate import CurateJob, curate as run_curate, parse_quotas
+    from qscope_data.curate.curate import curate as run_curate, parse_quotas
 
     options = CurateJob(  # a bad value: one line naming the flag (cli.main)
         inputs=inputs, features=str(features), scores=str(scores) if scores else None, synth=[str(s) for s in synth],

@@ -53,7 +53,7 @@ def explain(
 
     from pydantic import ValidationError
 
-    from qscope_data.errors import UsageError
+    from qscope_data.errors import invalid
 
     try:
         opts = ExplainOptions(features=features, out=out, ids=_ids(ids), inventory=inventory, layer=layer, model=model,
@@ -61,8 +61,7 @@ def explain(
                               n_quantiles=quantiles, explainer=explainer, scorer=scorer, detection_batch=detection_batch,
                               price_in=price_in, price_out=price_out, seed=seed, device=device)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise UsageError(f"features explain: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise invalid(exc, "features explain") from None
     summary = run_explain(opts)
     for note in summary.notes:
         print(f"note: {note}")

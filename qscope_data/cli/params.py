@@ -18,4 +18,6 @@ def option(model: type[BaseModel], field: str, *flags: str, to_cli: Callable[[An
     """`typer.Option` for `model.field`: the default is the model's (`to_cli` turns it into the flag's form, e.g. a
     list into comma-separated text)."""
     default = default_of(model, field)
-    return typer.Option(to_cli(default) if to_cli else default, *flags, **kwargs)
+    info = typer.Option(to_cli(default) if to_cli else default, *flags, **kwargs)
+    info.model_field = (model, field)  # what tests/test_stage_options.py checks a stage flag was declared from
+    return info

@@ -11,6 +11,7 @@ import typer
 from qscope_data.cli.params import option
 from qscope_data.outputs import file_option, folder_option
 from qscope_data.rules.mine import MineOptions
+from qscope_data.rules.score import ScoreOptions
 
 rules_app = typer.Typer(
     help="Feature-logic rules over SAE features: mine them from labels, evaluate them, unit-test rule packs.",
@@ -34,7 +35,7 @@ def score(
     features: Path = typer.Option(..., "--features", help="Feature store folder (from `qscope encode`)."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder for scores.parquet and summary.json."),
     layer: int | None = typer.Option(None, "--layer", help="SAE layer (default: the rule files' header, else the store's first)."),
-    batch_rows: int = typer.Option(100_000, "--batch-rows", help="Documents per batch (memory bound)."),
+    batch_rows: int = option(ScoreOptions, "batch_rows", "--batch-rows", help="Documents per batch (memory bound)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score every document of a store with rule files: one boolean column per rule, `<rule>_score`, hit counts."""

@@ -12,7 +12,7 @@ import typer
 from qscope_data.outputs import file_option, folder_option
 from pydantic import ValidationError
 
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 
 sasft_app = typer.Typer(help="SAE-guided SFT (SASFT): pick language features, fine-tune with the penalty, measure "
                              "code-switching.", no_args_is_help=True)
@@ -20,12 +20,6 @@ sasft_app = typer.Typer(help="SAE-guided SFT (SASFT): pick language features, fi
 
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()] or None
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
 
 
 @contextmanager
@@ -74,7 +68,7 @@ def prepare(
                                top=top, max_tokens=max_tokens, max_docs_per_language=max_docs, batch_size=batch_size,
                                alpha_stat=alpha_stat)
     except ValidationError as exc:
-        raise UsageError(f"sasft prepare: {_first_error(exc)}") from None
+        raise invalid(exc, "sasft prepare") from None
     paths = resolve_paths(input)
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, layer, k=k)
@@ -123,7 +117,7 @@ def train(
                              assistant_only_loss=assistant_only_loss, seed=seed, bf16=bf16, gradient_checkpointing=checkpointing,
                              logging_steps=logging_steps)
     except ValidationError as exc:
-        raise UsageError(f"sasft train: {_first_error(exc)}") from None
+        raise invalid(exc, "sasft train") from None
     summary = run_train(model, data, out, config)
     last = next((e for e in reversed(summary["log"]) if "sasft_reduce" in e), {})
     print(json.dumps({"out": summary["out"], "steps": summary["steps"], "train_loss": summary["train_loss"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qscope_data import atomic
 from qscope_data.coverage.inventory import Inventory, InventoryFeature
 from qscope_data.errors import DataError, UsageError
+from qscope_data.result import Result, status
 from qscope_data.store import FeatureStore
 
 MISSING_VALUE = "(none)"  # bucket of documents whose --by field is null
@@ -375,3 +377,37 @@ def load_gaps(path: str | Path) -> GapReport:
         return GapReport.model_validate_json(path.read_text(encoding="utf-8"))
     except Exception as exc:
         raise UsageError(f"gap report {path}: not a qscope gaps.json: {str(exc).splitlines()[0]}") from exc
+
+
+# ------------------------------------------------------------------------------------------------------ the stage
+
+
+@dataclass(frozen=True)
+class GapsInputs:
+    """What the gaps stage reads: the inventory YAML and the target store(s), pooled; optionally the store that gap
+    examples come from (default: the inventory's reference), the SAE layer (default: the inventory's) and a
+    `features explain` folder that each gap links to."""
+
+    inventory: Path
+    targets: list[Path]
+    reference: Path | None = None
+    layer: int | None = None
+    dashboard: Path | None = None
+
+
+def run(options: GapsOptions, inputs: GapsInputs, out: str | Path, *, progress: bool | None = None) -> Result[GapReport]:
+    """The gaps stage (`qscope gaps`, the pipeline's `gaps`): coverage and ranked gaps, written into `out` as
+    gaps.json (`load_gaps`) + report.md/html and plots. `progress`: a status line on stderr while it computes."""
+    from qscope_data.coverage.inventory import load_inventory
+    from qscope_data.coverage.report import write_gap_report
+
+    inventory = load_inventory(inputs.inventory)
+    stores = [FeatureStore(t) for t in inputs.targets]
+    reference = FeatureStore(inputs.reference) if inputs.reference is not None else None
+    with status(progress, f"coverage of {len(inventory.features)} features over {len(stores)} target store(s)…"):
+        report = compute_gaps(inventory, stores, reference=reference, by=options.by, min_docs=options.min_docs,
+                              layer=inputs.layer, n_examples=options.examples)
+        paths = write_gap_report(report, out, dashboard=inputs.dashboard)
+    overall = report.coverage["overall"]
+    return Result(report, {"gaps": Path(out), **paths},
+                  {"coverage": overall, "gaps": len(report.gaps), "warnings": report.warnings})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qscope_data import atomic
-from qscope_data.errors import DataError, UsageError
+from qscope_data.errors import DataError, UsageError, invalid
+from qscope_data.result import Result, status
 from qscope_data.store import FeatureStore
 
 INVENTORY_VERSION = 1
@@ -375,9 +377,7 @@ def load_inventory(path: str | Path) -> Inventory:
     try:
         inventory = Inventory.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise UsageError(f"inventory {path}: {where}: {err['msg']}") from None
+        raise invalid(exc, f"inventory {path}") from None
     if inventory.version > INVENTORY_VERSION:
         raise UsageError(f"inventory {path}: version {inventory.version} is newer than this qscope ({INVENTORY_VERSION})")
     seen: set[int] = set()
@@ -388,3 +388,41 @@ def load_inventory(path: str | Path) -> Inventory:
             raise UsageError(f"inventory {path}: features[{i}]: delta is not finite")
         seen.add(feat.id)
     return inventory
+
+
+# ------------------------------------------------------------------------------------------------------ the stage
+
+
+@dataclass(frozen=True)
+class SelectInputs:
+    """What the inventory stage reads: a labelled reference store, a label file (id, label, description, safety
+    score) merged in — only its features scoring at least `min_safety_score` kept — or the label file alone; `layer`:
+    the store's SAE layer (default: its first)."""
+
+    store: Path | None = None
+    layer: int | None = None
+    labels: Path | None = None
+    min_safety_score: float | None = None
+
+
+def run(options: InventoryOptions, inputs: SelectInputs, out: str | Path, *,
+        progress: bool | None = None) -> Result[Inventory]:
+    """The inventory stage (`qscope features select`, the pipeline's `select`): per category, the features that fire
+    most above the negative class, written to `out` (YAML, `load_inventory`)."""
+    if inputs.store is None and inputs.labels is None:
+        raise UsageError("features select: give --features REF_STORE, --labels FILE, or both")
+    labels = load_labels(inputs.labels) if inputs.labels is not None else None
+    if inputs.store is not None:
+        with status(progress, f"selecting features from {inputs.store}…"):
+            inventory = select_features(
+                FeatureStore(inputs.store), label_field=options.label_field, negative=options.negative,
+                top=options.top, min_support=options.min_support, layer=inputs.layer, n_examples=options.examples,
+                contrast=options.contrast, min_purity=options.min_purity, purity_top=options.purity_top)
+        if labels is not None:
+            inventory = merge_labels(inventory, labels, path=inputs.labels, min_safety_score=inputs.min_safety_score)
+    else:
+        inventory = inventory_from_labels(labels, path=inputs.labels, min_safety_score=inputs.min_safety_score,
+                                          layer=inputs.layer)
+    save_inventory(inventory, out)
+    counts = {cat: sum(1 for f in inventory.features if f.category == cat) for cat in inventory.categories()}
+    return Result(inventory, {"inventory": Path(out)}, {"features": len(inventory.features), "by_category": counts})

@@ -24,7 +24,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 from qscope_data.rules.compile import compile_rules
 from qscope_data.rules.rulefile import FEATURE_ID, load_rule_file
 from qscope_data.store import FEATURE_COLUMNS
@@ -92,9 +92,7 @@ def load_cases(path: str | Path) -> CaseFile:
     try:
         return CaseFile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        raise UsageError(f"{path}: {where}: {err.get('msg')}") from None
+        raise invalid(exc, str(path)) from None
 
 
 def _feature_id(key: str | int, names: dict[str, int], path: Path, case: str, d_sae: int | None) -> int:

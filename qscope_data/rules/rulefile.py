@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qscope_data import atomic
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, first_problem, invalid
 from qscope_data.rules.parser import KEYWORDS, ExprError, Node, parse
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -204,10 +204,9 @@ def _mapping_get(node: yaml.Node, key: str) -> yaml.Node | None:
     return None
 
 
-def _pydantic_message(path: Path, root: yaml.Node, exc: ValidationError) -> str:
-    errors = exc.errors()
-    err = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])  # a typo explains a missing key
-    loc = err.get("loc", ())
+def _pydantic_message(path: Path, root: yaml.Node, exc: ValidationError) -> UsageError:
+    """The shared one-line error (`errors.invalid`), placed at the YAML line (and rule) the problem is in."""
+    loc = first_problem(exc).get("loc", ())
     node: yaml.Node | None = root
     for part in loc:
         if node is None:
@@ -217,18 +216,14 @@ def _pydantic_message(path: Path, root: yaml.Node, exc: ValidationError) -> str:
         elif isinstance(part, str):
             node = _mapping_get(node, part) or node
     line = f":{node.start_mark.line + 1}" if node is not None else ""
-    where = ".".join(str(p) for p in loc)
     rule = ""
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
         rules_node = _mapping_get(root, "rules")
         name_node = None
         if isinstance(rules_node, yaml.SequenceNode) and loc[1] < len(rules_node.value):
             name_node = _mapping_get(rules_node.value[loc[1]], "name")
-        rule = f" rule {name_node.value!r}:" if name_node is not None else f" rule #{loc[1] + 1}:"
-    msg = err.get("msg", "invalid")
-    if err.get("type") == "extra_forbidden":
-        msg = f"unknown key {loc[-1]!r}"
-    return f"{path}{line}:{rule} {where}: {msg}"
+        rule = f": rule {name_node.value!r}" if name_node is not None else f": rule #{loc[1] + 1}"
+    return invalid(exc, f"{path}{line}{rule}")
 
 
 def _expr_source(text: str, node: yaml.Node | None) -> ScalarSource | None:
@@ -266,7 +261,7 @@ def load_rule_file(path: str | Path) -> LoadedRuleFile:
     try:
         model = RuleFileModel.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(_pydantic_message(path, root, exc)) from None
+        raise _pydantic_message(path, root, exc) from None
 
     for name in model.features:
         if not IDENT.match(name) or name in KEYWORDS or FEATURE_ID.match(name):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data import atomic
 from qscope_data.errors import DataError, UsageError
@@ -22,8 +23,19 @@ from qscope_data.store import FeatureStore
 
 SCORES = "scores.parquet"
 SUMMARY = "summary.json"
-DEFAULT_BATCH_ROWS = 100_000
 NO_LANG = "(none)"
+
+
+class ScoreOptions(BaseModel):
+    """The score stage's options (`qscope score` and the pipeline's `score:` section): the only place their
+    defaults live. What is scored is the rule files; the layer is the config's `sae.layer` (or `--layer`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_rows: int = Field(100_000, ge=1, description="documents per batch (bounds memory)")
+
+
+DEFAULT_BATCH_ROWS = ScoreOptions().batch_rows
 
 
 def choose_layer(store: FeatureStore, files: list[LoadedRuleFile], layer: int | None) -> int:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qscope_data import atomic
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 from qscope_data.inputs import Record, Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.sae.formats import CANONICAL_CONFIG, load_sae, save_canonical
 from qscope_data.sae.model import SparseAutoencoder
@@ -86,9 +86,7 @@ class TrainConfig(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            raise UsageError(f"sae train: {where}: {err['msg']} (got {err.get('input')!r})") from None
+            raise invalid(exc, "sae train") from None
 
     def fingerprint(self) -> str:
         """Hash of the config and the input files' bytes: equal fingerprints give the same SAE."""

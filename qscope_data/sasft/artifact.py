@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from qscope_data.atomic import read_json, sha256_file, write_json
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 
 PLAN_FILE = "sasft.json"
 ROWS_FILE = "encoder_rows.safetensors"
@@ -83,7 +83,7 @@ def load_plan(plan_dir: str | Path) -> tuple[SASFTPlan, dict[str, torch.Tensor]]
     try:
         plan = SASFTPlan.model_validate(raw)
     except ValidationError as exc:
-        raise UsageError(f"{path}: invalid SASFT plan ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})") from exc
+        raise invalid(exc, f"{path}: invalid SASFT plan") from None
     rows_path = path.parent / plan.rows.get("file", ROWS_FILE)
     if not rows_path.exists():
         raise UsageError(f"{rows_path}: encoder rows file missing")

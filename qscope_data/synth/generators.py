@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qscope_data.capture import LoadedModel, SteerPositions
-from qscope_data.errors import UsageError
+from qscope_data.errors import UsageError, invalid
 from qscope_data.synth import templates
 from qscope_data.synth.fewshot import request_text, user_text
 from qscope_data.synth.requests import GenerationRequest
@@ -604,10 +604,7 @@ def _params(model: type[BaseModel], spec: GeneratorSpec) -> Any:
     try:
         return model.model_validate(spec.params)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "?"
-        allowed = ", ".join(model.model_fields)
-        raise UsageError(f"--generator {spec.kind}: parameter {where}: {err['msg']} (parameters: {allowed})") from None
+        raise invalid(exc, f"--generator {spec.kind}", hint=f"; its parameters: {', '.join(model.model_fields)}") from None
 
 
 def build_generator(

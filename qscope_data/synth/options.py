@@ -1,16 +1,18 @@
 """The synthesis stage's options: what `qscope synth` and the pipeline's `synth:` section both parse into.
 
-The only place these knobs have defaults; `SynthConfig` (synthesize.py) adds the run's paths and encode identity.
+The only place these knobs have defaults; `SynthConfig` adds the run's paths and verifying encoder (what
+`qscope synth` parses into; the command's flags take their defaults from it). A light module: the CLI imports it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qscope_data.synth.nearcopy import NearCopyOptions
-from qscope_data.synth.requests import VARIANTS, Variant
+from qscope_data.synth.requests import BENIGN_CATEGORIES, VARIANTS, Variant
 
 
 class SynthOptions(BaseModel):
@@ -56,3 +58,29 @@ class SynthOptions(BaseModel):
         if not value:
             raise ValueError("at least one variant")
         return list(dict.fromkeys(value))
+
+
+class SynthConfig(SynthOptions):
+    """Everything a synthesis run depends on (what `qscope synth` parses into): the stage's options plus the files
+    it reads and writes and the verifying encoder."""
+
+    gaps: Path
+    model: str
+    sae: str
+    out: Path
+    layer: int | None = Field(None, description="SAE layer (default: the gap report's)")
+    features: list[int] | None = Field(None, description="only these gap features")
+    inventory: Path | None = Field(None, description="inventory YAML of the gap report (else rebuilt from gaps.json)")
+    benign_categories: list[str] = Field(default_factory=lambda: list(BENIGN_CATEGORIES))
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    baseline_pool: list[str] | None = Field(None, description="harmful reference texts for the baseline's shots "
+                                                               "(default: every gap's examples)")
+    baseline_pool_field: str = Field("category", description="the pool's category field (benign categories dropped)")
+    baseline_shots: int = Field(4, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="verification truncation (default: the target store's)")
+    revision: str | None = Field(None, description="model revision (default: the one the target store recorded)")
+    batch_size: int = Field(16, ge=1)
+    device: str = "cpu"
+    dtype: str | None = Field(None, description="model dtype (default: the target store's encode setting)")
+    sae_k: int | None = None
+    overwrite: bool = False

@@ -47,7 +47,7 @@ from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
 from qscope_data.synth.dedup import CandidateDedup
 from qscope_data.synth.nearcopy import NearCopyCheck
-from qscope_data.synth.options import SynthOptions
+from qscope_data.synth.options import SynthConfig
 from qscope_data.synth.output import (
     ACCEPTED_JSONL,
     ACCEPTED_PARQUET,
@@ -60,7 +60,6 @@ from qscope_data.synth.output import (
 from qscope_data.synth.generators import Generator, GenerationResult, build_generator
 from qscope_data.synth.report import FIGURE, NOVELTY_FIGURE, REPORT, write_synth_report
 from qscope_data.synth.requests import (
-    BENIGN_CATEGORIES,
     GapTarget,
     GenerationRequest,
     Slot,
@@ -77,30 +76,6 @@ from qscope_data.torch_dtypes import parse_dtype
 STORE_PASSTHROUGH = ("messages", "target_feature", "category", "lang", "generator", "attempts", "activation")
 
 
-class SynthConfig(SynthOptions):
-    """Everything a synthesis run depends on (what `qscope synth` parses into): the stage's options plus the files
-    it reads and writes and the verifying encoder."""
-
-    gaps: Path
-    model: str
-    sae: str
-    out: Path
-    layer: int | None = Field(None, description="SAE layer (default: the gap report's)")
-    features: list[int] | None = Field(None, description="only these gap features")
-    inventory: Path | None = Field(None, description="inventory YAML of the gap report (else rebuilt from gaps.json)")
-    benign_categories: list[str] = Field(default_factory=lambda: list(BENIGN_CATEGORIES))
-    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
-    baseline_pool: list[str] | None = Field(None, description="harmful reference texts for the baseline's shots "
-                                                               "(default: every gap's examples)")
-    baseline_pool_field: str = Field("category", description="the pool's category field (benign categories dropped)")
-    baseline_shots: int = Field(4, ge=1)
-    max_tokens: int | None = Field(None, ge=1, description="verification truncation (default: the target store's)")
-    revision: str | None = Field(None, description="model revision (default: the one the target store recorded)")
-    batch_size: int = Field(16, ge=1)
-    device: str = "cpu"
-    dtype: str | None = Field(None, description="model dtype (default: the target store's encode setting)")
-    sae_k: int | None = None
-    overwrite: bool = False
 
 
 # ------------------------------------------------------------------------------------------------------ run state
