@@ -82,6 +82,7 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
     assert manifest["kind"] == "qscope-curated-sft"
     synth = json.loads((out / "synth" / "summary.json").read_text())
     assert "coverage" in synth
+    assert_no_user_turn_copies_the_corpus(out / "synth")
     gaps = json.loads((out / "gaps" / "gaps.json").read_text())
     assert gaps["min_docs"] == 1
     inventory = yaml.safe_load((out / "inventory.yaml").read_text()) if (out / "inventory.yaml").exists() else None
@@ -105,6 +106,23 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "converting" not in again.stderr
+
+
+def assert_no_user_turn_copies_the_corpus(synth_dir: Path) -> None:
+    """No accepted sample — targeted or random baseline — repeats a text of the demo corpus: the check runs against
+    every corpus text, not only the few-shot examples synthesis itself compared against."""
+    from qscope_data.synth.nearcopy import NearCopyCheck
+    from qscope_data.synth.output import BASELINE_DIR, load_synthetic
+
+    corpus = ROOT / "qscope_data" / "demo" / "corpus" / "texts.jsonl"
+    check = NearCopyCheck(json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines() if line)
+    samples = load_synthetic(synth_dir).samples
+    if (synth_dir / BASELINE_DIR).is_dir():
+        samples += load_synthetic(synth_dir / BASELINE_DIR).samples
+    for sample in samples:
+        user = next(m["content"] for m in sample.messages if m["role"] == "user")
+        verdict = check.check(user)
+        assert not verdict.is_copy, (sample.doc_id, user, verdict.detail())
 
 
 def assert_logit_lens_is_gemmas_unembedding(table_path: Path, gemma_dir: Path) -> None:
