@@ -4,7 +4,7 @@ stays flat as the corpus grows, and what stopping the forward at block n saves.
     .venv/bin/python benchmarks/bench_pipeline.py            # ~2-4 minutes on 2 cores
     .venv/bin/python benchmarks/bench_pipeline.py --docs 100 # quicker
 
-1. `run_encode` (reading, scanning, tokenising, batching, capture, encode, aggregation, Parquet + markers + manifest)
+1. `encode.run` (reading, scanning, tokenising, batching, capture, encode, aggregation, Parquet + markers + manifest)
    against the compute floor: the same truncated forwards + SAE encodes over the same batches in a bare loop, on
    pre-tokenised input. Overhead = pipeline time (model loading excluded) / floor − 1; target ≤ 25 %.
 2. Peak RSS of an encode of N and 10·N documents, each in a fresh subprocess (ru_maxrss).
@@ -70,12 +70,12 @@ def load_cpu_seconds(model: Path, sae: Path) -> float:
 
 
 def time_pipeline(model: Path, sae: Path, corpus: Path, out: Path, load_cpu: float) -> tuple[float, float, int, int]:
-    """(wall seconds, CPU seconds) of run_encode, model loading excluded; documents; tokens."""
-    from qscope_data.encode import run_encode
+    """(wall seconds, CPU seconds) of encode.run, model loading excluded; documents; tokens."""
+    from qscope_data.encode import EncodeInputs, run as encode_run
 
     c = time.process_time()
-    s = run_encode(str(model), str(sae), [LAYER], corpus, out, options(), overwrite=True, progress=False)
-    return s.seconds - s.load_seconds, time.process_time() - c - load_cpu, s.documents, s.tokens
+    s = encode_run(options(), EncodeInputs(str(model), str(sae), corpus, [LAYER]), out, progress=False, overwrite=True).stats
+    return s["seconds"] - s["load_seconds"], time.process_time() - c - load_cpu, s["documents"], s["tokens"]
 
 
 def time_floor(model: Path, sae: Path, corpus: Path) -> tuple[float, float]:
@@ -128,14 +128,13 @@ def capture_speedup(model: Path, layer: int, repeats: int = 5) -> float:
 
 def rss_child(model: str, sae: str, docs: int, workdir: str) -> None:
     """Run in a fresh process: encode `docs` documents, print peak RSS (MiB) as JSON."""
-    from qscope_data.encode import run_encode
+    from qscope_data.encode import EncodeInputs, run as encode_run
 
     corpus = make_corpus(Path(workdir) / f"corpus-{docs}.jsonl", docs, seed=1)
     t = time.perf_counter()
-    s = run_encode(model, sae, [LAYER], corpus, Path(workdir) / f"store-{docs}", options(), overwrite=True,
-                   progress=False)
+    s = encode_run(options(), EncodeInputs(model, sae, corpus, [LAYER]), Path(workdir) / f"store-{docs}", progress=False, overwrite=True).stats
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"docs": s.documents, "tokens": s.tokens, "rss_mib": peak, "seconds": time.perf_counter() - t}))
+    print(json.dumps({"docs": s["documents"], "tokens": s["tokens"], "rss_mib": peak, "seconds": time.perf_counter() - t}))
 
 
 def measure_rss(model: Path, sae: Path, docs: int, workdir: Path) -> dict:
@@ -182,7 +181,7 @@ def main() -> None:
         speedups = {n: capture_speedup(model, n) for n in (1, 3)}
 
     rows = [
-        ("encode pipeline (run_encode, load excluded)", f"{n_docs / t_pipe:,.1f} docs/s", f"{n_tokens / t_pipe:,.0f} tokens/s"),
+        ("encode pipeline (encode.run, load excluded)", f"{n_docs / t_pipe:,.1f} docs/s", f"{n_tokens / t_pipe:,.0f} tokens/s"),
         ("compute floor (capture + encode, same batches)", f"{n_docs / t_floor:,.1f} docs/s", f"{n_tokens / t_floor:,.0f} tokens/s"),
         ("pipeline overhead, wall time (target ≤ 25 %)", f"{100 * (t_pipe / t_floor - 1):.1f} %",
          f"{t_pipe:.2f} s vs {t_floor:.2f} s"),

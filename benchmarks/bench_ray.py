@@ -49,8 +49,8 @@ def main() -> None:
 
     import ray
 
-    from qscope_data.encode import EncodeOptions, run_encode
-    from qscope_data.executors.ray import RayOptions, run_encode_ray
+    from qscope_data.encode import EncodeOptions, EncodeInputs, run as encode_run
+    from qscope_data.executors.ray import RayExecutor, RayOptions
     from qscope_data.store import FeatureStore
     from qscope_data.testing import random_sae, save_tiny_model, write_sae
 
@@ -67,19 +67,17 @@ def main() -> None:
 
         rows: list[dict] = []
         t = time.perf_counter()
-        s = run_encode(model, sae, [layer], corpus, work / "local", opts, progress=False)
+        s = encode_run(opts, EncodeInputs(model, sae, corpus, [layer]), work / "local", progress=False).stats
         rows.append({"executor": "local", "actors": "-", "wall": time.perf_counter() - t, "summary": s})
 
         t = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         ray_init = time.perf_counter() - t
-        run_encode_ray(model, sae, [layer], warm, work / "warm", opts, RayOptions(workers=2, cpus_per_worker=0.5),
-                       progress=False)
+        encode_run(opts, EncodeInputs(model, sae, warm, [layer]), work / "warm", progress=False, executor=RayExecutor(RayOptions(workers=2, cpus_per_worker=0.5)))
         for workers in (1, 2):
             out = work / f"ray{workers}"
             t = time.perf_counter()
-            s = run_encode_ray(model, sae, [layer], corpus, out, opts, RayOptions(workers=workers, cpus_per_worker=0.5),
-                               progress=False)
+            s = encode_run(opts, EncodeInputs(model, sae, corpus, [layer]), out, progress=False, executor=RayExecutor(RayOptions(workers=workers, cpus_per_worker=0.5))).stats
             rows.append({"executor": "ray", "actors": str(workers), "wall": time.perf_counter() - t, "summary": s})
         ray.shutdown()
 
@@ -93,9 +91,9 @@ def main() -> None:
         base = rows[0]["summary"].tokens / rows[0]["wall"]
         for r in rows:
             s = r["summary"]
-            rate = s.tokens / r["wall"]
-            print(f"{r['executor']:<9} {r['actors']:>6} {r['wall']:>8.2f} {s.encode_seconds:>9.2f} "
-                  f"{s.documents / r['wall']:>8.1f} {rate:>9,.0f} {rate / base:>8.2f}×")
+            rate = s["tokens"] / r["wall"]
+            print(f"{r['executor']:<9} {r['actors']:>6} {r['wall']:>8.2f} {s['encode_seconds']:>9.2f} "
+                  f"{s['documents'] / r['wall']:>8.1f} {rate:>9,.0f} {rate / base:>8.2f}×")
         print("\n(wall: the whole call, model loading and, for Ray, actor start-up included; encode: the shard loop /"
               " Ray pipeline; rates over wall time)")
     finally:

@@ -1,9 +1,10 @@
 """The encode stage: corpus records → model forward (stopped after the deepest SAE layer) → TopK SAE → feature store.
 
 There is one encode path. `featurize` / `encode_records` turn a list of records into document tables (one per
-layer); `encode_shard` does that for one shard and writes it through the `StoreWriter`; `run_encode` is the local
-executor (validation, resume, progress, summary). The Ray executor calls `encode_shard` from its actors, and
-synthesis verification calls `featurize` on its candidates, so all three aggregate features the same way.
+layer); `encode_shard` does that for one shard and writes it through the `StoreWriter`. `run` is the stage: it
+plans the job once (`plan`: validation, shard plan, resume state) and hands the pending shards to an executor —
+this process (`executors.local`) or Ray actors (`executors.ray`), both calling `encode_shard` — then writes the
+manifest. Synthesis verification calls `featurize` on its candidates, so every path aggregates features alike.
 
 Sharding (what makes resume exact): the input is read in order and cut into shards of ``shard_rows`` *valid*
 records — shard i holds valid records [i·shard_rows, (i+1)·shard_rows). Rejected input lines do not count; each
@@ -24,19 +25,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
-from qscope_data.capture import LoadedModel, capture, check_layers, load_model
+from qscope_data.capture import LoadedModel, capture
 from qscope_data import code_version  # noqa: F401 (re-exported: the executors import it from here)
 from qscope_data.encode_options import EncodeOptions
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Record, Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.passthrough import PassthroughColumns
+from qscope_data.progress import Bar
+from qscope_data.result import Result
 from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.spans import tokenize_records
 from qscope_data.store import (
@@ -44,11 +47,11 @@ from qscope_data.store import (
     TOKEN_SCHEMA,
     FeatureStore,
     SAEInfo,
+    JobState,
     ShardMarker,
     StoreManifest,
     StoreWriter,
 )
-from qscope_data.torch_dtypes import parse_dtype
 
 
 # -- records → tables ---------------------------------------------------------------------------------------
@@ -305,7 +308,7 @@ def encode_shard(
     return writer.write_shard(shard.index, result.docs, tokens=result.tokens, rejects=rejects, stats=stats)
 
 
-# -- the local executor -------------------------------------------------------------------------------------
+# -- the job: planned once, run by an executor ---------------------------------------------------------------
 
 
 class EncodeSummary(BaseModel):
@@ -322,10 +325,12 @@ class EncodeSummary(BaseModel):
     tokens_encoded: int = 0  # by this run (resumed shards excluded)
     documents_encoded: int = 0
 
+    @computed_field
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
+    @computed_field
     @property
     def documents_per_s(self) -> float:
         return self.documents_encoded / self.encode_seconds if self.encode_seconds > 0 else 0.0
@@ -349,12 +354,36 @@ def check_compatible(lm: LoadedModel, saes: dict[int, SparseAutoencoder]) -> Non
                              f"{lm.model_id} has hidden size {lm.d_model}")
 
 
-def job_identity(model: str, revision: str | None, sae_spec: str, sae_k: int | None, layers: list[int],
-                 scan: InputScan, options: EncodeOptions) -> dict:
+def describe_loaded(lm: LoadedModel, saes: dict[int, SparseAutoencoder]) -> dict:
+    """What the manifest records about the model and SAEs, taken from the loaded objects (JSON-able: a Ray actor
+    sends it back to the driver)."""
+    return {
+        "model": lm.describe(),
+        "saes": [SAEInfo(layer=n, source=s.source, format=s.format, k=s.k, d_sae=s.d_sae, d_model=s.d_model,
+                         hook=s.hook).model_dump() for n, s in saes.items()],
+    }
+
+
+@dataclass(frozen=True)
+class EncodeInputs:
+    """What the encode stage reads: the corpus (files, globs, folders or a saved dataset), the model and its SAEs
+    (folders, files or hub ids), and the blocks whose output the SAEs read (none: the SAE's own)."""
+
+    model: str
+    sae: str
+    input: str | Path | list | tuple
+    layers: tuple[int, ...] | list[int] = ()
+    revision: str | None = None
+    trust_remote_code: bool = False
+    sae_k: int | None = None
+
+
+def job_identity(inputs: EncodeInputs, layers: list[int], scan: InputScan, options: EncodeOptions) -> dict:
     """What makes two runs the same job (resume) — specs, not loaded objects, so a finished rerun loads nothing."""
     return {
-        "model": {"id": os.path.abspath(model) if os.path.exists(model) else model, "revision": revision},
-        "sae": {"spec": os.path.abspath(sae_spec) if os.path.exists(sae_spec) else sae_spec, "k": sae_k},
+        "model": {"id": os.path.abspath(inputs.model) if os.path.exists(inputs.model) else inputs.model,
+                  "revision": inputs.revision},
+        "sae": {"spec": os.path.abspath(inputs.sae) if os.path.exists(inputs.sae) else inputs.sae, "k": inputs.sae_k},
         "layers": sorted(set(layers)),
         "options": options.output_options(),
         "inputs": {"paths": scan.paths, "fingerprint": scan.fingerprint},
@@ -365,117 +394,138 @@ def job_identity(model: str, revision: str | None, sae_spec: str, sae_k: int | N
     }
 
 
-def run_encode(
-    model: str,
-    sae_spec: str,
-    layers: list[int] | None,
-    inputs: str | Path | list,
-    out: str | Path,
-    options: EncodeOptions | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    *,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    sae_k: int | None = None,
-) -> EncodeSummary:
-    """Encode `inputs` into the store at `out`; resumes an unfinished run, does nothing for a finished one.
+Overwrite = bool | Literal["other-job"]
 
-    Everything is validated before anything is written: inputs resolve, the layers exist in the model, each SAE's
-    d_model equals the model's hidden size, and (with on_error=fail) no input record is malformed.
-    """
-    options = options or EncodeOptions()
-    start = time.perf_counter()
-    out = Path(out)
-    layers = list(dict.fromkeys(layers or []))
-    inputs_scan = resolve_inputs(inputs)
-    if not layers:
-        sae = load_sae(sae_spec, None, k=sae_k)
-        if sae.layer is None:
-            raise UsageError(f"SAE {sae_spec} does not say which layer it reads; pass --layer")
-        layers = [sae.layer]
-    writer = StoreWriter(out, layers, token_level=options.token_level)
-    job = job_identity(model, revision, sae_spec, sae_k, layers, inputs_scan, options)
-    if writer.state(job, overwrite=overwrite) == "finished":
-        manifest = FeatureStore(out).manifest
-        return EncodeSummary(out=str(out), state="finished", documents=manifest.n_documents,
-                             rejected=manifest.n_rejected, tokens=int(manifest.stats.get("n_tokens", 0)),
-                             shards=int(manifest.stats.get("n_shards", 0)), shards_skipped=int(manifest.stats.get("n_shards", 0)),
-                             seconds=time.perf_counter() - start)
 
-    load_start = time.perf_counter()
-    lm = load_model(model, device=options.device, dtype=parse_dtype(options.dtype), revision=revision,
-                    trust_remote_code=trust_remote_code)
-    check_layers(lm, layers)
-    saes = load_saes(sae_spec, layers, device=options.device, k=sae_k)
-    check_compatible(lm, saes)
-    load_seconds = time.perf_counter() - load_start
-    scan = scan_inputs(inputs_scan, options)
-    state = writer.begin(job, overwrite=overwrite)
+@dataclass
+class ExecutorRun:
+    """What an executor hands back after running a job's pending shards."""
 
-    manifest = StoreManifest(
-        model=lm.describe(),
-        saes=[SAEInfo(layer=n, source=s.source, format=s.format, k=s.k, d_sae=s.d_sae, d_model=s.d_model, hook=s.hook)
-              for n, s in saes.items()],
-        options=options.output_options(),
-        inputs={"paths": scan.paths, "fingerprint": scan.fingerprint, "n_records": scan.n_records},
-        code_version=code_version(),
-    )
-    skipped = encoded_tokens = encoded_docs = n_shards = 0
-    columns = scan.columns
-    loop_start = time.perf_counter()
-    with _Progress(progress, total=scan.n_records) as bar:
-        for shard in iter_shards(scan.paths, options):
-            n_shards += 1
-            if state == "resume" and writer.done(shard.index):
-                skipped += 1
-                bar.skip(len(shard.records))
+    described: dict  # `describe_loaded` of the model and SAEs it loaded
+    documents: int = 0  # encoded by this run
+    tokens: int = 0
+    load_seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+
+class Executor(Protocol):
+    """Runs an `EncodeJob`'s pending shards (`job.pending()`), each through `encode_shard` into `job.writer`."""
+
+    def check(self, options: EncodeOptions) -> None:
+        """Refuse options this executor cannot run, before the job is planned (nothing written yet)."""
+
+    def run(self, job: "EncodeJob", bar: Bar) -> ExecutorRun: ...
+
+
+@dataclass
+class EncodeJob:
+    """An encode planned once (`plan`): inputs resolved and fingerprinted, layers fixed, the job's identity, what the
+    store folder already holds. Executors only run what `pending()` yields; `finish` writes the manifest. The shard
+    plan is sequential (doc ids and shard cuts depend on input order); the shards' work is not."""
+
+    options: EncodeOptions
+    inputs: EncodeInputs
+    out: Path
+    layers: list[int]
+    identity: dict
+    writer: StoreWriter
+    state: JobState
+    scan: InputScan
+    started: float
+    n_shards: int = 0  # counted by `pending`
+    skipped: int = 0
+
+    def pending(self, on_skip: Callable[[int], None] | None = None) -> Iterator[tuple[Shard, PassthroughColumns]]:
+        """The shards still to encode, with the pass-through column types they are written with (fixed by the input
+        scan, or when streaming by the first shard encoded). Finished shards of a resumed job are skipped
+        (`on_skip(n_documents)`)."""
+        columns = self.scan.columns
+        self.n_shards = self.skipped = 0
+        for shard in iter_shards(self.scan.paths, self.options):
+            self.n_shards += 1
+            if self.state == "resume" and self.writer.done(shard.index):
+                self.skipped += 1
+                if on_skip is not None:
+                    on_skip(len(shard.records))
                 continue
-            if columns is None:  # streaming: the first shard fixes the pass-through types
-                columns = options.passthrough().observe_all(r.fields for r in shard.records)
-            marker = encode_shard(lm, saes, shard, writer, options, columns, on_batch=bar.advance)
-            encoded_tokens += int(marker.stats.get("n_tokens", 0))
-            encoded_docs += marker.rows
-    store = writer.finish(manifest, n_shards)
-    loop_seconds = time.perf_counter() - loop_start
-    m = store.manifest
-    return EncodeSummary(out=str(out), state=state, documents=m.n_documents, rejected=m.n_rejected,
-                         tokens=int(m.stats.get("n_tokens", 0)), shards=n_shards, shards_skipped=skipped,
-                         seconds=time.perf_counter() - start, load_seconds=load_seconds, encode_seconds=loop_seconds,
-                         tokens_encoded=encoded_tokens, documents_encoded=encoded_docs)
+            if columns is None:
+                columns = self.options.passthrough().observe_all(r.fields for r in shard.records)
+            yield shard, columns
+
+    def finish(self, done: ExecutorRun) -> EncodeSummary:
+        """Merge the shards into the store (manifest last) and say what this run did."""
+        manifest = StoreManifest(
+            model=done.described["model"], saes=[SAEInfo(**s) for s in done.described["saes"]],
+            options=self.options.output_options(),
+            inputs={"paths": self.scan.paths, "fingerprint": self.scan.fingerprint, "n_records": self.scan.n_records},
+            code_version=code_version(),
+        )
+        m = self.writer.finish(manifest, self.n_shards).manifest
+        return EncodeSummary(out=str(self.out), state=self.state, documents=m.n_documents, rejected=m.n_rejected,
+                             tokens=int(m.stats.get("n_tokens", 0)), shards=self.n_shards, shards_skipped=self.skipped,
+                             seconds=time.perf_counter() - self.started, load_seconds=done.load_seconds,
+                             encode_seconds=done.encode_seconds, tokens_encoded=done.tokens,
+                             documents_encoded=done.documents)
+
+    def finished_summary(self) -> EncodeSummary:
+        """A rerun of a finished job: what the store holds; nothing loaded, nothing written."""
+        m = FeatureStore(self.out).manifest
+        n = int(m.stats.get("n_shards", 0))
+        return EncodeSummary(out=str(self.out), state="finished", documents=m.n_documents, rejected=m.n_rejected,
+                             tokens=int(m.stats.get("n_tokens", 0)), shards=n, shards_skipped=n,
+                             seconds=time.perf_counter() - self.started)
 
 
-class _Progress:
-    """A rich progress bar over documents with a tokens/s column and ETA (a no-op when disabled)."""
+def plan(options: EncodeOptions, inputs: EncodeInputs, out: str | Path, *, overwrite: Overwrite = False) -> EncodeJob:
+    """Plan the encode of `inputs` into `out`, validating everything before anything is written: the inputs resolve,
+    the layers exist in the model and each SAE's d_model is the model's hidden size (from their headers, so a CPU
+    driver can plan a GPU job), and (with on_error=fail) no input record is malformed. A finished job is planned
+    as such and not scanned. `overwrite`: True starts over; "other-job" starts over only when `out` holds another
+    job's store (the pipeline owns its folders), else resumes; False resumes and refuses another job's store."""
+    from qscope_data.preflight import check_pair, model_shape, sae_shape
 
-    def __init__(self, enabled: bool, total: int | None):
-        self.enabled, self.total = enabled, total
-        self.tokens, self.t0 = 0, time.perf_counter()
+    started, out = time.perf_counter(), Path(out)
+    layers = list(dict.fromkeys(inputs.layers))
+    scan = resolve_inputs(inputs.input)
+    if not layers:
+        found = sae_shape(inputs.sae, None, k=inputs.sae_k).layer
+        if found is None:
+            raise UsageError(f"SAE {inputs.sae} does not say which layer it reads; pass --layer")
+        layers = [found]
+    writer = StoreWriter(out, layers, token_level=options.token_level)
+    identity = job_identity(inputs, layers, scan, options)
+    if overwrite == "other-job":
+        try:
+            writer.state(identity)
+            overwrite = False
+        except UsageError:  # another job's store in the pipeline's own folder: inputs or settings changed since
+            overwrite = True
+    job = EncodeJob(options, inputs, out, layers, identity, writer, writer.state(identity, overwrite=bool(overwrite)),
+                    scan, started)
+    if job.state == "finished":
+        return job
+    shape = model_shape(inputs.model, revision=inputs.revision, trust_remote_code=inputs.trust_remote_code)
+    for n in layers:
+        check_pair(shape, sae_shape(inputs.sae, n, k=inputs.sae_k), n)
+    job.scan = scan_inputs(scan, options)
+    job.state = writer.begin(identity, overwrite=bool(overwrite))
+    return job
 
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
 
-            self.bar = Progress(TextColumn("encode"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
-            self.bar.__enter__()
-            self.task = self.bar.add_task("encode", total=self.total, rate="")
-        return self
+def run(options: EncodeOptions, inputs: EncodeInputs, out: str | Path, *, progress: bool | None = None,
+        executor: Executor | None = None, overwrite: Overwrite = False) -> Result[FeatureStore]:
+    """The encode stage (`qscope encode`, the pipeline's `encode`): `inputs` into the feature store at `out`; an
+    unfinished run there is resumed, a finished one left as it is. `executor`: where the shards run (default: this
+    process, `executors.local.LocalExecutor`; `executors.ray.RayExecutor` on a Ray cluster) — same store either way."""
+    if executor is None:
+        from qscope_data.executors.local import LocalExecutor
 
-    def skip(self, n_docs: int) -> None:
-        if self.enabled and self.total is not None:  # resumed shards: out of the total, so the ETA stays honest
-            self.total -= n_docs
-            self.bar.update(self.task, total=self.total)
-
-    def advance(self, n_docs: int, n_tokens: int) -> None:
-        self.tokens += n_tokens
-        if self.enabled:
-            rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=n_docs, rate=f"{rate:,.0f} tok/s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
+        executor = LocalExecutor()
+    executor.check(options)
+    job = plan(options, inputs, out, overwrite=overwrite)
+    if job.state == "finished":
+        summary = job.finished_summary()
+    else:
+        with Bar("encode", job.scan.n_records, enabled=progress, unit="docs", rate_unit="tok") as bar:
+            summary = job.finish(executor.run(job, bar))
+    return Result(FeatureStore(job.out), {"store": job.out}, summary.model_dump())

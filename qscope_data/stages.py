@@ -158,40 +158,30 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
                   progress: bool | None = None) -> StageResult:
     """The corpus into its feature store (local or Ray executor). A store holding another job (new data, other
     settings) is started over: the pipeline owns `workdir/stores/`. `resume=False` starts over regardless."""
-    from qscope_data.encode import EncodeOptions, job_identity, resolve_inputs, run_encode
-    from qscope_data.store import StoreWriter
+    from qscope_data.encode import EncodeInputs, EncodeOptions, run
 
     c, enc = config.corpora[corpus], config.encode
-    out = layout(config).store(corpus)
     options = EncodeOptions(
         max_tokens=c.max_tokens, keep_first=c.keep_first, span=c.span, text_field=c.text_field, id_field=c.id_field,
         drop_text=c.drop_text, token_level=c.token_level, batch_size=enc.batch_size, shard_rows=enc.shard_rows,
         device=config.model.device, dtype=config.model.dtype,
     )
-    layers = [config.sae.layer]
-    progress = interactive(progress)
-    overwrite = not resume
-    if resume:
-        job = job_identity(config.model.id, config.model.revision, config.sae.path, config.sae.k, layers,
-                           resolve_inputs(c.input), options)
-        try:
-            StoreWriter(out, layers, token_level=options.token_level).state(job)
-        except UsageError:  # another job's store in our own folder: the inputs or settings changed since
-            overwrite = True
-    common = dict(revision=config.model.revision, trust_remote_code=config.model.trust_remote_code, sae_k=config.sae.k)
+    inputs = EncodeInputs(config.model.id, config.sae.path, c.input, (config.sae.layer,),
+                          revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
+                          sae_k=config.sae.k)
+    where = None
     if (executor or enc.executor) == "ray":
         from qscope_data.executors.placement import ray_options
-        from qscope_data.executors.ray import run_encode_ray
+        from qscope_data.executors.ray import RayExecutor
 
-        summary = run_encode_ray(config.model.id, config.sae.path, layers, c.input, out, options, ray_options(config),
-                                 overwrite=overwrite, progress=progress, **common)
-    else:
-        summary = run_encode(config.model.id, config.sae.path, layers, c.input, out, options, overwrite=overwrite,
-                             progress=progress, **common)
-    md = (f"### encode `{corpus}`\n\n{summary.documents:,} documents, {summary.rejected:,} rejected, "
-          f"{summary.tokens:,} tokens in {summary.shards} shard(s) ({summary.state}; {summary.shards_skipped} resumed), "
-          f"{summary.seconds:.1f} s, {summary.tokens_per_s:,.0f} tokens/s → `{out}`\n")
-    return StageResult("encode", {"store": str(out)}, summary.model_dump(), md)
+        where = RayExecutor(ray_options(config))
+    result = run(options, inputs, layout(config).store(corpus), progress=progress, executor=where,
+                 overwrite="other-job" if resume else True)
+    s, out = result.stats, result.outputs["store"]
+    md = (f"### encode `{corpus}`\n\n{s['documents']:,} documents, {s['rejected']:,} rejected, "
+          f"{s['tokens']:,} tokens in {s['shards']} shard(s) ({s['state']}; {s['shards_skipped']} resumed), "
+          f"{s['seconds']:.1f} s, {s['tokens_per_s']:,.0f} tokens/s → `{out}`\n")
+    return StageResult("encode", {"store": str(out)}, dict(s), md)
 
 
 def mine_rules(config: PipelineConfig, store: str) -> StageResult:

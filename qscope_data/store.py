@@ -59,6 +59,7 @@ STORE_KIND = "qscope-feature-store"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 PROGRESS_DIR = "_progress"
+SCRATCH = "scratch"  # _progress/scratch/: executors' staging, removed when the store is finished
 JOB = "job.json"
 
 FEATURE_COLUMNS = ("doc_id", "n_tokens", "n_positions", "feature_ids", "max_acts", "fire_counts")
@@ -376,6 +377,13 @@ class StoreWriter:
     def rejects_path(self, index: int) -> Path:
         return self.progress_dir / f"part-{index:05d}.rejects.jsonl"
 
+    def scratch(self, name: str) -> Path:
+        """A folder an executor may stage work in while the job runs (every worker sees it: it lives in the store);
+        `finish` removes it."""
+        path = self.progress_dir / SCRATCH / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     # -- job ----------------------------------------------------------------------------------------------------
     def state(self, job: dict[str, Any], *, overwrite: bool = False) -> JobState:
         """What a run of `job` has left to do here; read-only. Refuses a folder that holds something else."""
@@ -505,6 +513,7 @@ class StoreWriter:
             "stats": {**manifest.stats, **stats, "n_shards": n_shards},
         })
         atomic.write_text(self.root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        shutil.rmtree(self.progress_dir / SCRATCH, ignore_errors=True)
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.close()

@@ -1,5 +1,5 @@
 """A small real world for the synthesis tests: a tiny Qwen3 and a random SAE (one feature made dead, so it can never
-fire), a labelled reference corpus and a target corpus encoded through `run_encode`, the inventory selected from the
+fire), a labelled reference corpus and a target corpus encoded through `encode.run`, the inventory selected from the
 reference store, and the gap report (`gaps.json`) computed by the coverage stage — what `qscope synth` reads."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from qscope_data.coverage.gaps import compute_gaps
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, save_inventory, select_features
 from qscope_data.coverage.report import write_gap_report
-from qscope_data.encode import EncodeOptions, run_encode
+from qscope_data.encode import EncodeOptions, EncodeInputs, run as encode_run
 from qscope_data.store import FeatureStore
 from qscope_data.testing import random_sae, write_sae
 
@@ -74,9 +74,8 @@ def build_world(root: Path, model: Path) -> World:
     ref += [{"id": f"ref-benign-{i}", "text": t, "category": "benign", "lang": "en"} for i, t in enumerate(BENIGN)]
     target = [{"id": f"tgt-{i}", "text": t, "lang": lang} for i, (t, lang) in enumerate(zip(BENIGN[:2], ("en", "fr")))]
     options = EncodeOptions(max_tokens=64)
-    run_encode(str(model), str(sae_path), [LAYER], _jsonl(root / "ref.jsonl", ref), root / "ref_store", options, progress=False)
-    run_encode(str(model), str(sae_path), [LAYER], _jsonl(root / "target.jsonl", target), root / "target_store", options,
-               progress=False)
+    encode_run(options, EncodeInputs(str(model), str(sae_path), _jsonl(root / "ref.jsonl", ref), [LAYER]), root / "ref_store", progress=False)
+    encode_run(options, EncodeInputs(str(model), str(sae_path), _jsonl(root / "target.jsonl", target), [LAYER]), root / "target_store", progress=False)
     inv = select_features(FeatureStore(root / "ref_store"), label_field="category", negative="benign", top=10,
                           min_purity=0.0)  # a random SAE has no pure features; the synthesis tests need gaps
     assert DEAD not in inv.ids()

@@ -12,12 +12,11 @@ from curate_corpus import case, load, run  # noqa: F401 (case: fixture)
 
 def test_end_to_end_real_encode_score_curate(case, tiny_model_dir, sae_dir, tmp_path):
     """doc_ids agree (ids, content hashes, rejects), and exactly the drop rule's hits are removed by rules."""
-    from qscope_data.encode import EncodeOptions, run_encode
+    from qscope_data.encode import EncodeOptions, EncodeInputs, run as encode_run
     from qscope_data.store import FeatureStore
 
     store_dir = tmp_path / "encoded"
-    run_encode(str(tiny_model_dir("qwen3")), str(sae_dir(layers=(1,))), [1], case["data"], store_dir,
-               EncodeOptions(max_tokens=32, shard_rows=8), progress=False)
+    encode_run(EncodeOptions(max_tokens=32, shard_rows=8), EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir(layers=(1,))), case["data"], [1]), store_dir, progress=False)
     store = FeatureStore(store_dir)
     docs = store.read(columns=["doc_id", "feature_ids"])
     counts: dict[int, int] = {}

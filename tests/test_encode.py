@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qscope_data.capture import load_model
-from qscope_data.encode import EncodeOptions, encode_records, featurize, load_saes, run_encode
+from qscope_data.encode import EncodeOptions, encode_records, featurize, load_saes, EncodeInputs, run as encode_run
 from qscope_data.inputs import iter_records
 from qscope_data.sae import reference_encode
 from qscope_data.spans import chat_spans
@@ -77,8 +77,8 @@ def test_store_equals_dense_reference_of_plain_forward(arch, tiny_model_dir, sae
     for batch_size in (1, 3):
         out = tmp_path / f"store-bs{batch_size}"
         opts = EncodeOptions(batch_size=batch_size, shard_rows=2, max_tokens=16)
-        summary = run_encode(str(model_path), str(saes_path), [1, 2], inp, out, opts, progress=False)
-        assert (summary.documents, summary.rejected, summary.shards) == (5, 0, 3)
+        summary = encode_run(opts, EncodeInputs(str(model_path), str(saes_path), inp, [1, 2]), out, progress=False).stats
+        assert (summary["documents"], summary["rejected"], summary["shards"]) == (5, 0, 3)
         store = FeatureStore(out)
         assert store.layers == [1, 2]
         for layer in (1, 2):
@@ -221,8 +221,7 @@ def test_passthrough_schema_is_identical_across_shards(tiny_model_dir, sae_dir, 
     docs[7]["meta"] = {"source": "web", "year": 2024}  # only in the last shard
     docs[8]["meta"] = {}
     inp = write_jsonl(docs)
-    run_encode(str(tiny_model_dir("qwen3")), str(sae_dir()), [1], inp, tmp_path / "s", EncodeOptions(shard_rows=3),
-               progress=False)
+    encode_run(EncodeOptions(shard_rows=3), EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir()), inp, [1]), tmp_path / "s", progress=False)
     store = FeatureStore(tmp_path / "s")
     paths = store.shard_paths(1)
     assert len(paths) == 3
@@ -238,8 +237,7 @@ def test_passthrough_schema_is_identical_across_shards(tiny_model_dir, sae_dir, 
 
 def test_drop_text_and_content_hash_ids(tiny_model_dir, sae_dir, write_jsonl, tmp_path):
     docs = [{"text": "same text"}, {"text": "same text"}, {"text": "other text", "lang": "en"}]
-    run_encode(str(tiny_model_dir("qwen3")), str(sae_dir()), [1], write_jsonl(docs), tmp_path / "s",
-               EncodeOptions(drop_text=True), progress=False)
+    encode_run(EncodeOptions(drop_text=True), EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir()), write_jsonl(docs), [1]), tmp_path / "s", progress=False)
     df = FeatureStore(tmp_path / "s").read(1)
     assert "text" not in df.columns and df["lang"].to_list() == [None, None, "en"]
     ids = df["doc_id"].to_list()
@@ -255,7 +253,39 @@ def test_parquet_and_saved_dataset_inputs_give_the_jsonl_store(tiny_model_dir, s
     datasets.Dataset.from_list(docs).save_to_disk(str(tmp_path / "ds"))
     stores = {}
     for name, inp in {"jsonl": write_jsonl(docs), "parquet": tmp_path / "in.parquet", "dataset": tmp_path / "ds"}.items():
-        run_encode(str(tiny_model_dir("qwen3")), str(sae_dir()), [1], inp, tmp_path / name, progress=False)
+        encode_run(EncodeOptions(), EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir()), inp, [1]), tmp_path / name, progress=False)
         stores[name] = FeatureStore(tmp_path / name).read(1)
     assert stores["jsonl"]["doc_id"].to_list() == [d["id"] for d in docs]
     assert stores["parquet"].equals(stores["jsonl"]) and stores["dataset"].equals(stores["jsonl"])
+
+
+def test_the_job_is_planned_once_and_an_executor_runs_only_its_pending_shards(tiny_model_dir, sae_dir, write_jsonl,
+                                                                               tmp_path):
+    """`plan` fixes the shards and what the store already holds; a resumed job yields only the unfinished shard, and
+    the executors reach the store only through the job (no private helpers, no store internals)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import qscope_data.executors as executors
+    from qscope_data.encode import plan
+
+    inputs = EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir()), write_jsonl(make_docs(7)), [1])
+    options, out = EncodeOptions(shard_rows=3), tmp_path / "s"
+    first = encode_run(options, inputs, out, progress=False)
+    assert first.stats["shards"] == 3 and first.artifact.manifest.n_documents == 7
+    assert plan(options, inputs, out).state == "finished"
+    (out / "_progress" / "part-00001.json").unlink()
+    (out / "manifest.json").unlink()
+    job = plan(options, inputs, out)
+    skipped: list[int] = []
+    assert job.state == "resume" and [s.index for s, _ in job.pending(on_skip=skipped.append)] == [1]
+    assert skipped == [3, 1] and (job.n_shards, job.skipped) == (3, 2)
+    again = encode_run(options, inputs, out, progress=False)
+    assert (again.stats["state"], again.stats["documents_encoded"], again.stats["documents"]) == ("resume", 3, 7)
+    for path in Path(executors.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        private = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(
+            "qscope_data") for a in n.names if a.name.startswith("_")]
+        assert not private, f"{path.name} imports private helpers {private}"
+        assert not re.search(r"PROGRESS_DIR|[\"'/]_progress\b", path.read_text()), f"{path.name} names store internals"

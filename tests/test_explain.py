@@ -16,7 +16,7 @@ import torch
 
 from cli_inprocess import qscope
 from dashboard_dom import RenderedSpans, check_feature_page, needs_chromium, rendered_dom
-from qscope_data.encode import EncodeOptions, run_encode
+from qscope_data.encode import EncodeOptions, EncodeInputs, run as encode_run
 from qscope_data.explain.detection import detection_score
 from qscope_data.explain.prompts import EXPLAINER_SYSTEM, parse_detection, parse_explanation
 from qscope_data.store import FeatureStore
@@ -39,7 +39,7 @@ def world(tmp_path_factory, tiny_model_dir, sae_dir):
                for i, t in enumerate(_TRAINING_TEXT * 4)]
     inp = root / "in.jsonl"
     inp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    run_encode(str(model), str(sae), [LAYER], inp, root / "store", EncodeOptions(token_level=True), progress=False)
+    encode_run(EncodeOptions(token_level=True), EncodeInputs(str(model), str(sae), inp, [LAYER]), root / "store", progress=False)
     store = FeatureStore(root / "store")
     counts = Counter(f for ids in store.read(LAYER, ["feature_ids"])["feature_ids"].to_list() for f in ids)
     n_docs = store.manifest.n_documents
@@ -122,7 +122,7 @@ def test_logit_lens_equals_unembedding_of_normed_decoder(world, tmp_path):
 
 def test_store_without_token_table_exits_2_naming_the_fix(world, tmp_path, capsys):
     plain = tmp_path / "plain"
-    run_encode(str(world["model"]), str(world["sae"]), [LAYER], world["input"], plain, EncodeOptions(), progress=False)
+    encode_run(EncodeOptions(), EncodeInputs(str(world["model"]), str(world["sae"]), world["input"], [LAYER]), plain, progress=False)
     code, _, err = qscope("features", "explain", "--features", plain, "--ids", "1", "--out", tmp_path / "o", capsys=capsys)
     assert code == 2 and "no token-level table" in err and "qscope encode --token-level" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()

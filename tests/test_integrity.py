@@ -107,12 +107,11 @@ def test_repeated_ids_never_collide(write_jsonl):
 @pytest.mark.parametrize("line", ['{"id": "a", "text": "bad \\ud800 text"}', '{"id": "b\\udc00", "text": "ok"}',
                                   '{"id": "c", "text": "ok", "lang": "\\ud83d"}'])
 def test_lone_surrogate_goes_to_rejects_with_file_and_line(write_jsonl, tiny_model_dir, sae_dir, tmp_path, line):
-    from qscope_data.encode import EncodeOptions, run_encode
+    from qscope_data.encode import EncodeOptions, EncodeInputs, run as encode_run
 
     path = write_jsonl([{"id": "first", "text": "hello there"}, line, {"id": "last", "text": "good bye"}])
-    summary = run_encode(str(tiny_model_dir("qwen3")), str(sae_dir()), [1], path, tmp_path / "s",
-                         EncodeOptions(max_tokens=16), progress=False)
-    assert (summary.documents, summary.rejected) == (2, 1)
+    summary = encode_run(EncodeOptions(max_tokens=16), EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir()), path, [1]), tmp_path / "s", progress=False).stats
+    assert (summary["documents"], summary["rejected"]) == (2, 1)
     [rej] = FeatureStore(tmp_path / "s").rejects()
     assert rej["line"] == 2 and rej["file"].endswith("input.jsonl") and "lone surrogate" in rej["reason"]
 

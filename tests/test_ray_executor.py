@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qscope_data.cli import main
-from qscope_data.encode import EncodeOptions, run_encode
+from qscope_data.encode import EncodeOptions, EncodeInputs, run as encode_run
 from qscope_data.errors import UsageError
 from qscope_data.store import FeatureStore
 
@@ -33,18 +33,18 @@ def shard_table(store: FeatureStore) -> list[tuple[str, int, int, str]]:
 
 
 def test_ray_store_equals_local_store_and_resumes(local_ray, tiny_model_dir, sae_dir, write_jsonl, tmp_path, capsys):
-    from qscope_data.executors.ray import RayOptions, run_encode_ray
+    from qscope_data.executors.ray import RayExecutor, RayOptions
 
     model, saes = str(tiny_model_dir("qwen3")), str(sae_dir(d_model=64, layers=(1, 2)))
     inp = corpus(write_jsonl)
     opts = EncodeOptions(batch_size=4, shard_rows=8, max_tokens=24)
 
-    local = run_encode(model, saes, [1, 2], inp, tmp_path / "local", opts, progress=False)
+    local = encode_run(opts, EncodeInputs(model, saes, inp, [1, 2]), tmp_path / "local", progress=False).stats
     main(["encode", "--model", model, "--sae", saes, "--layer", "1", "--layer", "2", "--input", str(inp),
           "--out", str(tmp_path / "ray"), "--batch-size", "4", "--shard-rows", "8", "--max-tokens", "24",
           "--executor", "ray", "--workers", "2", "--no-progress"])
     assert "encoded 30 documents" in capsys.readouterr().out
-    assert local.shards == 4 and (local.documents, local.rejected) == (30, 2)
+    assert local["shards"] == 4 and (local["documents"], local["rejected"]) == (30, 2)
 
     a, b = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
     assert shard_table(a) == shard_table(b)  # same files, byte for byte
@@ -53,36 +53,34 @@ def test_ray_store_equals_local_store_and_resumes(local_ray, tiny_model_dir, sae
     ma, mb = a.manifest, b.manifest
     assert (ma.model, ma.saes, ma.options, ma.inputs, ma.stats) == (mb.model, mb.saes, mb.options, mb.inputs, mb.stats)
     assert a.rejects() == b.rejects() and [r["line"] for r in b.rejects()] == [12, 21]
-    assert not (tmp_path / "ray" / "_progress" / "inputs").exists()  # staged shards are cleaned up
+    assert not (tmp_path / "ray" / "_progress" / "scratch").exists()  # staged shards are cleaned up
 
     # A finished store: nothing to do, nothing started.
-    again = run_encode_ray(model, saes, [1, 2], inp, tmp_path / "ray", opts, RayOptions(workers=2), progress=False)
-    assert again.state == "finished"
+    again = encode_run(opts, EncodeInputs(model, saes, inp, [1, 2]), tmp_path / "ray", progress=False, executor=RayExecutor(RayOptions(workers=2))).stats
+    assert again["state"] == "finished"
 
     # Interrupted after shard 2 was written: only shards 2 and 3 are redone, and the result is the same store.
     (tmp_path / "ray" / "manifest.json").unlink()
     for i in (2, 3):
         (tmp_path / "ray" / "_progress" / f"part-{i:05d}.json").unlink()
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("layer*/part-0000[01].parquet")}
-    resumed = run_encode_ray(model, saes, [1, 2], inp, tmp_path / "ray", opts,
-                             RayOptions(workers=1, cpus_per_worker=0.5), progress=False)
-    assert (resumed.state, resumed.shards_skipped, resumed.documents_encoded) == ("resume", 2, 14)
+    resumed = encode_run(opts, EncodeInputs(model, saes, inp, [1, 2]), tmp_path / "ray", progress=False, executor=RayExecutor(RayOptions(workers=1, cpus_per_worker=0.5))).stats
+    assert (resumed["state"], resumed["shards_skipped"], resumed["documents_encoded"]) == ("resume", 2, 14)
     assert shard_table(FeatureStore(tmp_path / "ray")) == shard_table(a)
     assert before == {p: p.stat().st_mtime_ns for p in before}  # finished shards untouched
 
 
 def test_ray_executor_refuses_bad_pairs_before_writing(local_ray, tiny_model_dir, sae_dir, write_jsonl, tmp_path):
-    from qscope_data.executors.ray import RayOptions, run_encode_ray
+    from qscope_data.executors.ray import RayExecutor, RayOptions
 
     model, inp = str(tiny_model_dir("qwen3")), corpus(write_jsonl, n=4)
     wide = str(sae_dir(d_model=32, layers=(1,)))
     with pytest.raises(UsageError, match="d_model 32.*hidden size 64"):
-        run_encode_ray(model, wide, [1], inp, tmp_path / "out", progress=False)
+        encode_run(EncodeOptions(), EncodeInputs(model, wide, inp, [1]), tmp_path / "out", progress=False, executor=RayExecutor())
     with pytest.raises(UsageError, match="beyond the model's depth"):
-        run_encode_ray(model, str(sae_dir(d_model=64, layers=(9,))), [9], inp, tmp_path / "out", progress=False)
+        encode_run(EncodeOptions(), EncodeInputs(model, str(sae_dir(d_model=64, layers=(9,))), inp, [9]), tmp_path / "out", progress=False, executor=RayExecutor())
     with pytest.raises(UsageError, match="gpus-per-worker"):
-        run_encode_ray(model, wide, [1], inp, tmp_path / "out", EncodeOptions(device="cuda"),
-                       RayOptions(gpus_per_worker=0), progress=False)
+        encode_run(EncodeOptions(device="cuda"), EncodeInputs(model, wide, inp, [1]), tmp_path / "out", progress=False, executor=RayExecutor(RayOptions(gpus_per_worker=0)))
     assert not (tmp_path / "out").exists()
 
 
@@ -118,7 +116,7 @@ def test_template_less_chat_corpus_gives_byte_identical_stores(local_ray, tiny_m
     Ray exactly as locally, not rejected."""
     from transformers import AutoTokenizer
 
-    from qscope_data.executors.ray import RayOptions, run_encode_ray
+    from qscope_data.executors.ray import RayExecutor, RayOptions
 
     model = _without_chat_template(tiny_model_dir("qwen3"), tmp_path / "base-model")
     assert not AutoTokenizer.from_pretrained(model).chat_template
@@ -128,9 +126,9 @@ def test_template_less_chat_corpus_gives_byte_identical_stores(local_ray, tiny_m
             for i in range(10)]
     inp = write_jsonl(rows)
     opts = EncodeOptions(batch_size=4, shard_rows=4, max_tokens=32, span="response")
-    local = run_encode(str(model), saes, [1], inp, tmp_path / "local", opts, progress=False)
-    remote = run_encode_ray(str(model), saes, [1], inp, tmp_path / "ray", opts, RayOptions(workers=1), progress=False)
-    assert (local.documents, local.rejected) == (10, 0) and (remote.documents, remote.rejected) == (10, 0)
+    local = encode_run(opts, EncodeInputs(str(model), saes, inp, [1]), tmp_path / "local", progress=False).stats
+    remote = encode_run(opts, EncodeInputs(str(model), saes, inp, [1]), tmp_path / "ray", progress=False, executor=RayExecutor(RayOptions(workers=1))).stats
+    assert (local["documents"], local["rejected"]) == (10, 0) and (remote["documents"], remote["rejected"]) == (10, 0)
     a, b = FeatureStore(tmp_path / "local"), FeatureStore(tmp_path / "ray")
     assert shard_table(a) == shard_table(b)
     for info in a.manifest.shards:

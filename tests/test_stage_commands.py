@@ -169,16 +169,20 @@ def test_synth(tiny_model_dir, tmp_path):
         assert ours[key] == theirs[key], key
 
 
-@pytest.mark.parametrize("module", ["qscope_data.coverage.inventory", "qscope_data.coverage.gaps"])
+@pytest.mark.parametrize("module", ["qscope_data.coverage.inventory", "qscope_data.coverage.gaps", "qscope_data.encode"])
 def test_the_common_entry_point_form(module):
-    """Stages moved to the common form have one `run(options, inputs, out, *, progress=None) -> Result`."""
+    """Stages moved to the common form have one `run(options, inputs, out, *, progress=None, …) -> Result`: how a run
+    behaves beyond that (where it executes, whether it starts over) is keyword-only and defaulted."""
     import importlib
     import inspect
 
     run = importlib.import_module(module).run
-    params = inspect.signature(run).parameters
-    assert list(params) == ["options", "inputs", "out", "progress"]
-    assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
+    params = list(inspect.signature(run).parameters.values())
+    assert [p.name for p in params[:4]] == ["options", "inputs", "out", "progress"]
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params[:3])
+    assert params[3].kind is inspect.Parameter.KEYWORD_ONLY and params[3].default is None
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+               for p in params[4:])
     assert run.__annotations__["return"].startswith("Result[")
 
 

@@ -1,4 +1,4 @@
-"""CLI: `qscope encode` — a corpus into a feature store (thin: parse, call `qscope_data.encode.run_encode`, print)."""
+"""CLI: `qscope encode` — a corpus into a feature store (thin: parse, call `qscope_data.encode.run`, print)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def encode(
 ) -> None:
     """Encode a corpus with a model's SAE features into a resumable Parquet feature store."""
 
-    from qscope_data.encode import EncodeOptions, run_encode
+    from qscope_data.encode import EncodeInputs, run
     from qscope_data.errors import UsageError
 
     options = EncodeOptions(  # a bad value: one line naming the flag (cli.main)
@@ -54,25 +54,25 @@ def encode(
         device=device, dtype=dtype, on_error=on_error, split=split, streaming=streaming,
         max_record_bytes=max_record_bytes, long_records=long_records,
     )
-    common = dict(overwrite=overwrite, progress=progress, revision=revision, trust_remote_code=trust_remote_code,
-                  sae_k=sae_k)
+    inputs = EncodeInputs(model, sae, list(input), tuple(layer), revision=revision,
+                          trust_remote_code=trust_remote_code, sae_k=sae_k)
     if executor == "ray":
-        from qscope_data.executors.ray import run_encode_ray
+        from qscope_data.executors.ray import RayExecutor
 
-        ray_options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
-        summary = run_encode_ray(model, sae, layer, list(input), out, options, ray_options, **common)
+        where = RayExecutor(RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker))
     elif executor == "local":
-        summary = run_encode(model, sae, layer, list(input), out, options, **common)
+        where = None
     else:
         raise UsageError(f"--executor {executor!r}: expected local or ray")
-    if summary.state == "finished":
-        print(f"{out}: already complete ({summary.documents:,} documents, {summary.rejected:,} rejected); nothing to do")
+    s = run(options, inputs, out, progress=progress, executor=where, overwrite=overwrite).stats
+    if s["state"] == "finished":
+        print(f"{out}: already complete ({s['documents']:,} documents, {s['rejected']:,} rejected); nothing to do")
         return
-    resumed = f", {summary.shards_skipped} of {summary.shards} shards resumed" if summary.shards_skipped else ""
+    resumed = f", {s['shards_skipped']} of {s['shards']} shards resumed" if s["shards_skipped"] else ""
     print(
-        f"encoded {summary.documents:,} documents ({summary.tokens:,} tokens), {summary.rejected:,} rejected"
-        f"{' (see ' + str(out / 'rejects.jsonl') + ')' if summary.rejected else ''} in {summary.seconds:.1f} s "
-        f"({summary.tokens_per_s:,.0f} tokens/s){resumed} → {out}"
+        f"encoded {s['documents']:,} documents ({s['tokens']:,} tokens), {s['rejected']:,} rejected"
+        f"{' (see ' + str(out / 'rejects.jsonl') + ')' if s['rejected'] else ''} in {s['seconds']:.1f} s "
+        f"({s['tokens_per_s']:,.0f} tokens/s){resumed} → {out}"
     )
 
 

@@ -1,2 +1,3 @@
-"""Other executors of the encode stage (the local one is `qscope_data.encode.run_encode`): `ray` — Ray Data actors.
-Each writes the same store through `qscope_data.store.StoreWriter` and encodes with `qscope_data.encode.encode_shard`."""
+"""Executors of the encode stage: `local` (this process) and `ray` (Ray Data actors). `qscope_data.encode.run` plans
+the job once; an executor runs its pending shards, each with `qscope_data.encode.encode_shard` through the job's
+`StoreWriter`, so both write the same store. `placement` runs other model-holding stages (synthesis) on Ray."""

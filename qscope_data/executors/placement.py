@@ -15,7 +15,7 @@ import os
 from typing import Any, Callable, TypeVar
 
 from qscope_data.config import PipelineConfig
-from qscope_data.executors.ray import RayOptions, _user_error, connect
+from qscope_data.executors.ray import RayOptions, user_error, connect
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ def run_placed(fn: Callable[..., T], /, *args: Any, executor: str, ray: RayOptio
     try:
         return ray_api.get(task.remote(fn, args, kwargs, opts.gpus_per_worker))
     except Exception as exc:
-        user = _user_error(exc)
+        user = user_error(exc)
         if user is not None:
             raise user from None
         raise

@@ -2,15 +2,15 @@
 
 Pipeline (Ray Data, streaming, so neither the driver nor the object store ever holds the corpus)::
 
-    driver: input → shard plan (`iter_shards`, sequential: doc ids and shard cuts depend on order)
-            → one staged file per pending shard in OUT/_progress/inputs/ (pickle of its records, written
-              and read only by this job)
+    driver: `encode.plan` (validation, shard plan, resume state: the same job the local executor runs)
+            → `job.pending()` → one staged file per pending shard in the writer's scratch folder (a pickle
+              of its records, written and read only by this job; removed when the store is finished)
     read_binary_files(staged shards)                         Ray Data read, one row per shard
     .map(tokenize_shard, num_cpus=c)                         CPU tasks: tokenise with the model's tokenizer
     .map_batches(EncoderActor, num_gpus=G, num_cpus=c,       model + SAEs loaded once per actor; each batch is
                  batch_size=1, compute=ActorPool(size=N))    one shard: `encode_shard` (the local executor's
                                                              code) writes it via `StoreWriter` under its index
-    driver: iter_rows() → one small marker per shard (progress), then `StoreWriter.finish` → manifest.json
+    driver: iter_rows() → one small marker per shard (progress), then `job.finish` → manifest.json
 
 Shard files are named by shard index only (never Ray's uuids), written write-then-rename with a completion marker,
 so a rerun resumes exactly like the local executor and the finished store is the same, shard for shard. OUT must be
@@ -25,32 +25,22 @@ from __future__ import annotations
 import functools
 import json
 import pickle
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qscope_data import atomic
-from qscope_data.encode import (
-    EncodeOptions,
-    EncodeSummary,
-    Shard,
-    _Progress,
-    code_version,
-    iter_shards,
-    job_identity,
-    resolve_inputs,
-    scan_inputs,
-)
+from qscope_data.encode import EncodeJob, EncodeOptions, ExecutorRun, Shard, describe_loaded
 from qscope_data.encode_options import RayOptions
 from qscope_data.errors import QscopeError, UsageError
 from qscope_data.passthrough import PassthroughColumns
-from qscope_data.preflight import check_pair, model_shape, sae_shape
-from qscope_data.store import PROGRESS_DIR, FeatureStore, SAEInfo, ShardMarker, StoreManifest, StoreWriter
+from qscope_data.progress import Bar
+from qscope_data.store import ShardMarker, StoreWriter
 
-STAGED = "inputs"  # OUT/_progress/inputs/part-{i:05d}.pkl
+STAGED = "inputs"  # the writer's scratch folder for staged shards: part-{i:05d}.pkl
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -70,8 +60,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
         raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc})") from None
 
 
-def staged_path(root: Path, index: int) -> Path:
-    return root / PROGRESS_DIR / STAGED / f"part-{index:05d}.pkl"
+def staged_path(writer: StoreWriter, index: int) -> Path:
+    return writer.scratch(STAGED) / f"part-{index:05d}.pkl"
 
 
 def _index_of(path: str) -> int:
@@ -132,15 +122,6 @@ class EncoderActor:
                 "describe": np.array([self.describe] * n, dtype=object)}
 
 
-def describe_loaded(lm, saes: dict) -> dict:
-    """What the manifest records about the model and SAEs — taken from the loaded objects, as the local executor does."""
-    return {
-        "model": lm.describe(),
-        "saes": [SAEInfo(layer=n, source=s.source, format=s.format, k=s.k, d_sae=s.d_sae, d_model=s.d_model,
-                         hook=s.hook).model_dump() for n, s in saes.items()],
-    }
-
-
 def _describe_task(model: str, revision: str | None, trust_remote_code: bool, sae_spec: str, sae_k: int | None,
                    layers: list[int], options: dict) -> dict:
     """For a resumed run whose shards were all done already: load once on a worker just to describe."""
@@ -154,7 +135,7 @@ def _describe_task(model: str, revision: str | None, trust_remote_code: bool, sa
     return describe_loaded(lm, load_saes(sae_spec, layers, device=opts.device, k=sae_k))
 
 
-def _user_error(exc: BaseException) -> QscopeError | None:
+def user_error(exc: BaseException) -> QscopeError | None:
     """The project error a Ray task raised, if any (Ray wraps it; the CLI should still print one line)."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
@@ -169,122 +150,66 @@ def _user_error(exc: BaseException) -> QscopeError | None:
     return None
 
 
-def run_encode_ray(
-    model: str,
-    sae_spec: str,
-    layers: list[int] | None,
-    inputs: str | Path | list,
-    out: str | Path,
-    options: EncodeOptions | None = None,
-    ray_options: RayOptions | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    *,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    sae_k: int | None = None,
-) -> EncodeSummary:
-    """`run_encode`'s contract on Ray: same validation first, same resume, same store; returns the same summary."""
-    options = options or EncodeOptions()
-    ray_options = ray_options or RayOptions()
-    start = time.perf_counter()
-    out = Path(out)
-    layers = list(dict.fromkeys(layers or []))
-    if options.device.startswith("cuda") and ray_options.gpus_per_worker <= 0:
-        raise UsageError(f"--device {options.device} on Ray needs --gpus-per-worker > 0 (Ray hides GPUs from actors without one)")
-    inputs_scan = resolve_inputs(inputs)
-    if not layers:
-        found = sae_shape(sae_spec, None, k=sae_k).layer
-        if found is None:
-            raise UsageError(f"SAE {sae_spec} does not say which layer it reads; pass --layer")
-        layers = [found]
-    writer = StoreWriter(out, layers, token_level=options.token_level)
-    job = job_identity(model, revision, sae_spec, sae_k, layers, inputs_scan, options)
-    if writer.state(job, overwrite=overwrite) == "finished":
-        m = FeatureStore(out).manifest
-        n_shards = int(m.stats.get("n_shards", 0))
-        return EncodeSummary(out=str(out), state="finished", documents=m.n_documents, rejected=m.n_rejected,
-                             tokens=int(m.stats.get("n_tokens", 0)), shards=n_shards, shards_skipped=n_shards,
-                             seconds=time.perf_counter() - start)
+@dataclass(frozen=True)
+class RayExecutor:
+    """Runs a job's pending shards on Ray (`RayOptions`: cluster address, actors, GPUs and CPUs per actor)."""
 
-    # Validate from headers on the driver (it may be a CPU node): depth, widths, k — before anything is written.
-    shape = model_shape(model, revision=revision, trust_remote_code=trust_remote_code)
-    for n in layers:
-        check_pair(shape, sae_shape(sae_spec, n, k=sae_k), n)
-    scan = scan_inputs(inputs_scan, options)
-    state = writer.begin(job, overwrite=overwrite)
+    options: RayOptions = field(default_factory=RayOptions)
 
-    # Stage the pending shards (the plan is sequential; the work is not).
-    columns = scan.columns
-    pending: list[int] = []
-    skipped = n_shards = 0
-    skipped_docs = 0
-    for shard in iter_shards(scan.paths, options):
-        n_shards += 1
-        if state == "resume" and writer.done(shard.index):
-            skipped += 1
-            skipped_docs += len(shard.records)
-            continue
-        if columns is None:  # streaming: the first shard to encode fixes the pass-through types (as run_encode does)
-            columns = options.passthrough().observe_all(r.fields for r in shard.records)
-        atomic.write_bytes(staged_path(out, shard.index), pickle.dumps((shard.records, shard.rejects), protocol=5))
-        pending.append(shard.index)
+    def check(self, options: EncodeOptions) -> None:
+        if options.device.startswith("cuda") and self.options.gpus_per_worker <= 0:
+            raise UsageError(f"--device {options.device} on Ray needs --gpus-per-worker > 0 (Ray hides GPUs from "
+                             "actors without one)")
 
-    common = dict(model=model, revision=revision, trust_remote_code=trust_remote_code)
-    opts = options.model_dump()
-    described: dict | None = None
-    encoded_docs = encoded_tokens = 0
-    loop_start = time.perf_counter()
-    connect(ray_options.address)
-    import ray
+    def run(self, job: EncodeJob, bar: Bar) -> ExecutorRun:
+        ray_options, options = self.options, job.options
+        # Stage the pending shards (the plan is sequential; the work is not).
+        columns, pending = job.scan.columns, []
+        for shard, columns in job.pending(on_skip=bar.skip):
+            atomic.write_bytes(staged_path(job.writer, shard.index),
+                               pickle.dumps((shard.records, shard.rejects), protocol=5))
+            pending.append(shard.index)
+        inputs = job.inputs
+        common = dict(model=inputs.model, revision=inputs.revision, trust_remote_code=inputs.trust_remote_code)
+        opts = options.model_dump()
+        done = ExecutorRun(described={})
+        loop_start = time.perf_counter()
+        connect(ray_options.address)
+        import ray
 
-    try:
-        if pending:
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False  # ours below counts documents; Ray's would count blocks
-            ds = (
-                ray.data.read_binary_files([str(staged_path(out, i)) for i in pending], include_paths=True,
-                                           override_num_blocks=len(pending))
-                .map(tokenize_shard, fn_kwargs={**common, "options": opts}, num_cpus=ray_options.tokenize_cpus,
-                     compute=ray.data.TaskPoolStrategy(size=ray_options.tokenize_tasks or ray_options.workers))
-                .map_batches(
-                    EncoderActor,
-                    fn_constructor_kwargs={**common, "sae_spec": sae_spec, "sae_k": sae_k, "layers": layers,
-                                           "options": opts, "out": str(out), "columns": columns},
-                    batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ray_options.workers),
-                    num_gpus=ray_options.gpus_per_worker or None, num_cpus=ray_options.cpus_per_worker,
+        try:
+            if pending:
+                ctx = ray.data.DataContext.get_current()
+                ctx.enable_progress_bars = False  # ours counts documents; Ray's would count blocks
+                ds = (
+                    ray.data.read_binary_files([str(staged_path(job.writer, i)) for i in pending], include_paths=True,
+                                               override_num_blocks=len(pending))
+                    .map(tokenize_shard, fn_kwargs={**common, "options": opts}, num_cpus=ray_options.tokenize_cpus,
+                         compute=ray.data.TaskPoolStrategy(size=ray_options.tokenize_tasks or ray_options.workers))
+                    .map_batches(
+                        EncoderActor,
+                        fn_constructor_kwargs={**common, "sae_spec": inputs.sae, "sae_k": inputs.sae_k,
+                                               "layers": job.layers, "options": opts, "out": str(job.out),
+                                               "columns": columns},
+                        batch_size=1, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=ray_options.workers),
+                        num_gpus=ray_options.gpus_per_worker or None, num_cpus=ray_options.cpus_per_worker,
+                    )
                 )
-            )
-            with _Progress(progress, total=scan.n_records) as bar:
-                bar.skip(skipped_docs)
                 for row in ds.iter_rows():
                     marker = ShardMarker.model_validate_json(row["marker"])
-                    described = described or json.loads(row["describe"])
-                    encoded_docs += marker.rows
-                    encoded_tokens += int(marker.stats.get("n_tokens", 0))
-                    bar.advance(marker.rows, int(marker.stats.get("n_tokens", 0)))
-        else:
-            remote = ray.remote(num_cpus=ray_options.cpus_per_worker, num_gpus=ray_options.gpus_per_worker or None)
-            described = ray.get(remote(_describe_task).remote(sae_spec=sae_spec, sae_k=sae_k, layers=layers,
-                                                              options=opts, **common))
-    except Exception as exc:
-        user = _user_error(exc)
-        if user is not None:
-            raise user from None
-        raise
-    loop_seconds = time.perf_counter() - loop_start
-
-    manifest = StoreManifest(
-        model=described["model"],
-        saes=[SAEInfo(**s) for s in described["saes"]],
-        options=options.output_options(),
-        inputs={"paths": scan.paths, "fingerprint": scan.fingerprint, "n_records": scan.n_records},
-        code_version=code_version(),
-    )
-    store = writer.finish(manifest, n_shards)
-    shutil.rmtree(out / PROGRESS_DIR / STAGED, ignore_errors=True)
-    m = store.manifest
-    return EncodeSummary(out=str(out), state=state, documents=m.n_documents, rejected=m.n_rejected,
-                         tokens=int(m.stats.get("n_tokens", 0)), shards=n_shards, shards_skipped=skipped,
-                         seconds=time.perf_counter() - start, encode_seconds=loop_seconds,
-                         tokens_encoded=encoded_tokens, documents_encoded=encoded_docs)
+                    done.described = done.described or json.loads(row["describe"])
+                    done.documents += marker.rows
+                    done.tokens += int(marker.stats.get("n_tokens", 0))
+                    bar.advance(marker.rows, work=int(marker.stats.get("n_tokens", 0)))
+            else:
+                remote = ray.remote(num_cpus=ray_options.cpus_per_worker, num_gpus=ray_options.gpus_per_worker or None)
+                done.described = ray.get(remote(_describe_task).remote(
+                    sae_spec=inputs.sae, sae_k=inputs.sae_k, layers=job.layers, options=opts, **common))
+        except Exception as exc:
+            user = user_error(exc)
+            if user is not None:
+                raise user from None
+            raise
+        done.encode_seconds = time.perf_counter() - loop_start
+        return done
