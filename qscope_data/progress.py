@@ -8,6 +8,7 @@ module: rich is imported only when a bar is drawn.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from qscope_data.result import interactive
 
@@ -65,10 +66,19 @@ class Bar:
                 self._rich.update(self._task, total=self.total, count=self._count())
 
     def phase(self, label: str, total: int | None = None) -> None:
-        """Start the next phase of a multi-step stage: a fresh count on a new line, the finished one kept."""
+        """Start the next phase of a multi-step stage: a fresh count on a new line, the finished one kept (a line
+        not started yet and without a total is reused)."""
+        fresh = self.done == 0 and self.total is None
         self.label, self.total, self.done, self.work, self.t0 = label, total, 0, 0, time.perf_counter()
-        if self.enabled:
+        if self.enabled and fresh:
+            self._rich.update(self._task, description=label, total=total, count=self._count())
+        elif self.enabled:
             self._task = self._rich.add_task(label, total=total, count=self._count(), rate="", note="")
+
+    def start(self, label: str, total: int | None = None) -> Callable[[int], None]:
+        """The callback form libraries take (`progress=bar.start`): start a phase, get its `advance`."""
+        self.phase(label, total)
+        return self.advance
 
     def note(self, text: str) -> None:
         """Live metrics or what the step is doing (loss, explained variance, 'reading activations…')."""

@@ -86,19 +86,16 @@ def overlap(
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Folder for overlap.json, overlap.html and PNGs."),
 ) -> None:
     """Footprints, the asymmetric overlap matrix and each store's redundancy score."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from qscope_data.coverage.overlap import analyse_overlap
     from qscope_data.coverage.report import write_overlap_report
+    from qscope_data.progress import Bar
     from qscope_data.store import FeatureStore
 
     opened = [FeatureStore(s) for s in stores]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task("footprints", total=len(opened))
+    with Bar("footprints", len(opened), unit="stores", transient=True) as bar:
         result = analyse_overlap(
             opened, names=_split(names), layer=layer, last_token=last_token, subsets=subsets, seed=seed,
-            on_store=lambda name: progress.update(task, advance=1, description=f"footprint {name}"),
+            on_store=lambda name: (bar.advance(), bar.note(name)),
         )
     paths = write_overlap_report(result, out)
     width = max(len(n) for n in result.names)

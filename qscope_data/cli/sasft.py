@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import typer
 
@@ -13,6 +11,7 @@ from qscope_data.outputs import file_option, folder_option
 from pydantic import ValidationError
 
 from qscope_data.errors import UsageError, invalid
+from qscope_data.progress import Bar
 
 sasft_app = typer.Typer(help="SAE-guided SFT (SASFT): pick language features, fine-tune with the penalty, measure "
                              "code-switching.", no_args_is_help=True)
@@ -20,21 +19,6 @@ sasft_app = typer.Typer(help="SAE-guided SFT (SASFT): pick language features, fi
 
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()] or None
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """A rich progress display; yields `start(label, total) -> advance(n)`."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as prog:
-        def start(label: str, total: int) -> Callable[[int], None]:
-            task = prog.add_task(label, total=total)
-            return lambda n: prog.advance(task, n)
-
-        yield start
 
 
 @sasft_app.command("prepare")
@@ -72,8 +56,8 @@ def prepare(
     paths = resolve_paths(input)
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, layer, k=k)
-    with _progress() as start:
-        result = run_prepare(lm, sae_obj, paths, config, progress=start)
+    with Bar("sasft prepare", transient=True) as bar:
+        result = run_prepare(lm, sae_obj, paths, config, progress=bar.start)
     written = write_prepare(result, out)
     print(json.dumps({"out": str(out), "features": {lang: [f.id for f in feats] for lang, feats in result.plan.features.items()},
                       "token_counts": result.plan.token_counts, "rejects": len(result.rejects),
@@ -144,10 +128,10 @@ def eval_(
 
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}")
-    with _progress() as start:
+    with Bar("sasft evaluate", transient=True) as bar:
         result = evaluate(model, prompts, baseline_spec=baseline_model, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, lang_field=lang_field, text_field=text_field, limit=limit,
-                          device=device, responses_out=responses, progress=start)
+                          device=device, responses_out=responses, progress=bar.start)
     if out is not None:
         write_json(out, result)
     print(json.dumps(result, indent=2, ensure_ascii=False))

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from qscope_data import atomic
 from qscope_data.errors import UsageError, invalid
 from qscope_data.inputs import Record, Reject, input_fingerprint, iter_records, resolve_paths
+from qscope_data.progress import Bar
 from qscope_data.sae.formats import CANONICAL_CONFIG, load_sae, save_canonical
 from qscope_data.sae.model import SparseAutoencoder
 
@@ -511,11 +512,11 @@ def train_sae(
     since_fired = torch.zeros(width, dtype=torch.long, device=device)
     history: list[dict] = []
     seen = step = 0
-    bar = _Progress(budget, enabled=progress)
+    bar = Bar("sae train", budget, enabled=progress, unit="tok", rate_unit="tok")
     t0 = time.perf_counter()
     with bar:
         if source is None:
-            source = (cached_source if cfg.activations else ActivationSource)(lm, cfg, bar.status)
+            source = (cached_source if cfg.activations else ActivationSource)(lm, cfg, bar.note)
         eval_x = source.held_out().to(device)
         raw_eval_x = eval_x
         norm = Normalization.identity(lm.d_model)
@@ -551,7 +552,8 @@ def train_sae(
             step += 1
             row = {"step": step, "tokens": seen, "explained_variance": 1.0 - main.item(), "auxk": aux.item(),
                    "l0": float((values > 0).sum(-1).float().mean()), "dead_fraction": float(dead.float().mean())}
-            bar.update(x.shape[0], row)
+            bar.advance(x.shape[0], work=x.shape[0])
+            bar.note(f"EV {row['explained_variance']:.3f} L0 {row['l0']:.1f} dead {row['dead_fraction']:.1%}")
             if step % cfg.log_every == 0:
                 history.append(row)
                 say(f"step {step} · {seen:,} tok · EV {row['explained_variance']:.3f} · L0 {row['l0']:.1f} · "
@@ -624,45 +626,3 @@ def load_trained(out: str | Path, cfg: TrainConfig) -> SparseAutoencoder | None:
     return load_sae(out)
 
 
-class _Progress:
-    """Rich progress (tokens, rate, ETA, live metrics) on stderr; a no-op when disabled."""
-
-    def __init__(self, total: int | None, *, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]sae train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.fields[total_s]} tok"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"), console=Console(stderr=True), transient=False,
-        )
-        self.task = self.progress.add_task("train", total=total, total_s=f"{total:,}" if total else "?", rate="",
-                                           metrics="")
-        self.t0 = time.perf_counter()
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)
-
-    def status(self, text: str) -> None:
-        """What the run is doing before the first optimiser step (reading activations)."""
-        if self.enabled:
-            self.progress.update(self.task, metrics=text)
-
-    def update(self, n: int, row: dict) -> None:
-        if not self.enabled:
-            return
-        done = self.progress.tasks[0].completed + n
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(
-            self.task, advance=n, rate=f"{rate:,.0f} tok/s",
-            metrics=f"EV {row['explained_variance']:.3f} L0 {row['l0']:.1f} dead {row['dead_fraction']:.1%}",
-        )

@@ -31,6 +31,7 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 
 from qscope_data.capture import edit_block_output, resolve_blocks
 from qscope_data.errors import UsageError
+from qscope_data.progress import Bar
 from qscope_data.sasft.loss import SASFTLoss
 
 Positions = Literal["response", "all"]
@@ -243,34 +244,26 @@ class TrainConfig(BaseModel):
 
 
 class RichProgress(TrainerCallback):
-    """Steps, rate and ETA with rich (the house progress display) instead of tqdm."""
+    """Steps, rate, ETA and the loss on the house progress line (`qscope_data.progress.Bar`) instead of tqdm."""
 
     def __init__(self) -> None:
-        self._progress = None
-        self._task = None
+        self._bar: Bar | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003 (transformers' signature)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(TextColumn("SASFT train"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=state.max_steps, loss="")
+        self._bar = Bar("SASFT train", state.max_steps, enabled=True, unit="steps").__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-        if self._progress is not None:
-            self._progress.update(self._task, completed=state.global_step)
+        if self._bar is not None:
+            self._bar.advance(state.global_step - self._bar.done)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN003
-        if self._progress is not None and logs and "loss" in logs:
-            self._progress.update(self._task, loss=f"loss {logs['loss']:.4f} reduce {logs.get('sasft_reduce', 0):.4f}")
+        if self._bar is not None and logs and "loss" in logs:
+            self._bar.note(f"loss {logs['loss']:.4f} reduce {logs.get('sasft_reduce', 0):.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 def shard_paths(spec: str | Path | list) -> list[str]:
