@@ -17,26 +17,20 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from qscope_data.config import load_config
-from qscope_data.stages import Executor
-from qscope_flows.stages import curate_flow, encode_flow, gaps_flow, score_flow, synth_flow
+from qscope_data.stages import FLOWS, STAGES, Executor
+from qscope_flows.stages import FLOW_FUNCTIONS, merge_outputs
 from qscope_flows.tasks import artifact_key
 
 
 @flow(name="curation-pipeline")
 def curation_pipeline(config_path: str, executor: Executor | None = None, resume: bool = True) -> dict[str, Any]:
-    """Run every configured stage of `config_path`; returns the output paths, by stage."""
+    """Run every configured stage of `config_path`, flow by flow in graph order (`stages.FLOWS`), each taking what
+    the ones before it wrote; returns the output paths, by output name."""
     config = load_config(config_path)
-    out: dict[str, Any] = {"stores": encode_flow(config_path, executor, resume)}
-    if config.rules:
-        out.update(score_flow(config_path, executor, resume, stores=out["stores"]))
-    if config.inventory and config.gaps:
-        out.update(gaps_flow(config_path, executor, resume, stores=out["stores"]))
-    if config.synth:
-        out.update(synth_flow(config_path, executor, resume, gaps=out["gaps"], inventory=out["inventory"]))
-    if config.curate:
-        scores = out.get("scores") if config.score and config.score.corpus == config.curate.corpus else None
-        out.update(curate_flow(config_path, executor, resume, stores=out["stores"], scores=scores,
-                               synth=out.get("synth"), upstream=False))
+    out: dict[str, Any] = {}
+    for name in FLOWS:
+        if any(row.flow == name and row.configured(config) for row in STAGES):
+            merge_outputs(out, FLOW_FUNCTIONS[name](config_path, executor, resume, given=out, upstream=False))
     rows = [f"| {stage} | `{path}` |" for stage, path in _flatten(out)]
     create_markdown_artifact(markdown=f"## {config.name}: outputs\n\n| output | path |\n|---|---|\n" + "\n".join(rows) + "\n",
                              key=artifact_key(config.name, "pipeline"), description="qscope curation pipeline outputs")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -37,9 +37,9 @@ _CODE_VERSION = code_version()
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """(stage, config sections it reads, input manifests / file hashes) → the cache key."""
     config: PipelineConfig = parameters["config"]
-    stage = context.task.name
-    parts = [stage, _CODE_VERSION, config.workdir, stages.settings_digest(config, stage, parameters.get("corpus")),
-             stages.inputs_digest([p for p in parameters.get("inputs", []) if p])]
+    stage, corpus = parameters["stage"], parameters.get("corpus")
+    parts = [stage, _CODE_VERSION, config.workdir, stages.settings_digest(config, stage, corpus),
+             stages.inputs_digest(stages.stage_inputs(config, stage, parameters["reads"], corpus))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -115,52 +115,31 @@ def artifact_key(*parts: str) -> str:
 
 def publish(config: PipelineConfig, result: dict[str, Any], *parts: str) -> None:
     """The stage's summary as a markdown artifact (also for cached results), and one log line."""
+    row = stages.stage_named(result["stage"])
     create_markdown_artifact(markdown=result["markdown"] or f"{result['stage']}: done",
-                             key=artifact_key(config.name, result["stage"], *parts),
+                             key=artifact_key(config.name, row.artifact or row.name, *parts),
                              description=f"qscope {result['stage']} ({config.name})")
     get_run_logger().info("%s%s → %s", result["stage"], f" {' '.join(parts)}" if parts else "",
                           ", ".join(f"{k}: {v}" for k, v in result["outputs"].items()))
 
 
-_TASK = dict(cache_key_fn=stage_cache_key, persist_result=True, retry_condition_fn=retry_unless_usage_error)
+def run_stage(config: PipelineConfig, stage: str, reads: dict[str, str | None], corpus: str | None = None,
+              executor: stages.Executor | None = None, resume: bool = True) -> dict[str, Any]:
+    """One stage of the `stages.STAGES` table: its function with its upstream outputs (`reads`), inside a GPU slot
+    for GPU stages; its outputs recorded for the cache check."""
+    row = stages.stage_named(stage)
+    kwargs: dict[str, Any] = dict(reads)
+    if row.corpus == stages.EVERY_CORPUS:
+        kwargs.update(corpus=corpus, resume=resume)
+    if row.gpu:
+        kwargs["executor"] = executor
+    with gpu_slot(config) if row.gpu else nullcontext():
+        return finished(config, row.key(corpus), asdict(row.run(config, **kwargs)))
 
 
-@task(name="encode", task_run_name="encode-{corpus}", **_TASK)
-def encode_task(config: PipelineConfig, corpus: str, inputs: list[str], executor: stages.Executor | None = None,
-                resume: bool = True) -> dict[str, Any]:
-    with gpu_slot(config):
-        return finished(config, f"encode-{corpus}",
-                        asdict(stages.encode_corpus(config, corpus, executor=executor, resume=resume)))
-
-
-@task(name="mine", **_TASK)
-def mine_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
-    return finished(config, "mine", asdict(stages.mine_rules(config, inputs[0])))
-
-
-@task(name="score", **_TASK)
-def score_task(config: PipelineConfig, inputs: list[str], store: str, mined: str | None = None) -> dict[str, Any]:
-    return finished(config, "score", asdict(stages.score_corpus(config, store, mined)))
-
-
-@task(name="select", **_TASK)
-def select_task(config: PipelineConfig, inputs: list[str]) -> dict[str, Any]:
-    return finished(config, "select", asdict(stages.select_inventory(config, inputs[0])))
-
-
-@task(name="gaps", **_TASK)
-def gaps_task(config: PipelineConfig, inputs: list[str], inventory: str, target_store: str) -> dict[str, Any]:
-    return finished(config, "gaps", asdict(stages.find_gaps(config, inventory, target_store)))
-
-
-@task(name="synth", **_TASK)
-def synth_task(config: PipelineConfig, inputs: list[str], gaps_dir: str, inventory: str | None = None,
-               executor: stages.Executor | None = None) -> dict[str, Any]:
-    with gpu_slot(config):
-        return finished(config, "synth", asdict(stages.synthesize_gaps(config, gaps_dir, inventory, executor=executor)))
-
-
-@task(name="curate", **_TASK)
-def curate_task(config: PipelineConfig, inputs: list[str], store: str, scores: str | None = None,
-                synth: str | None = None) -> dict[str, Any]:
-    return finished(config, "curate", asdict(stages.curate_corpus(config, store, scores, synth)))
+# One Prefect task per stage (the task's name is the stage's: cache keys, artifacts and the UI use it).
+TASKS: dict[str, Task] = {
+    row.name: task(name=row.name, task_run_name=row.key("{corpus}"), cache_key_fn=stage_cache_key, persist_result=True,
+                   retry_condition_fn=retry_unless_usage_error)(run_stage)
+    for row in stages.STAGES
+}

@@ -154,14 +154,6 @@ class PipelineConfig(_Strict):
             raise ValueError("synth needs a gaps: section")
         return self
 
-    def needed_corpora(self) -> list[str]:
-        """The corpora some stage reads (all of them when no stage is configured: encode-only configs)."""
-        refs = [self.rules.mine.corpus if self.rules and self.rules.mine else None,
-                self.score.corpus if self.score else None, self.inventory.corpus if self.inventory else None,
-                self.gaps.target if self.gaps else None, self.curate.corpus if self.curate else None]
-        used = [c for c in self.corpora if c in refs]
-        return used or list(self.corpora)
-
     def resolve_paths(self, base: Path) -> "PipelineConfig":
         """Relative paths in the file are relative to the config file's folder; `pkg:PACKAGE/sub/path` is a path
         inside an installed Python package (the demo's SAE and corpus ship that way); `demo:gemma-3-270m` is the

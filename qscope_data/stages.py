@@ -126,6 +126,11 @@ def settings_digest(config: PipelineConfig, stage: str, corpus: str | None = Non
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
+def stage_inputs(config: PipelineConfig, stage: str, reads: dict[str, str | None], corpus: str | None) -> list[str]:
+    """What one run of a stage reads, for its cache key: its upstream outputs, then its input files."""
+    return [p for p in reads.values() if p] + stage_named(stage).read_files(config, corpus)
+
+
 def inputs_digest(paths: list[str | Path]) -> str:
     """sha256 over what a stage reads: a store by its manifest, an output folder by its summary / manifest, a file
     by its bytes, a glob or folder by the files in it. A missing path digests as missing (the stage will fail)."""
@@ -198,7 +203,7 @@ def mine_rules(config: PipelineConfig, store: str) -> StageResult:
     lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
              for r in result["rules"]]
     md = f"### rules mine\n\n{len(result['rules'])} rule(s) mined from `{store}` (layer {result['layer']}):\n\n" + "\n".join(lines) + "\n"
-    return StageResult("mine", {"rules": str(out)}, {"layer": result["layer"], "rules": result["rules"]}, md)
+    return StageResult("mine", {"mined_rules": str(out)}, {"layer": result["layer"], "rules": result["rules"]}, md)
 
 
 def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -> StageResult:
@@ -248,9 +253,8 @@ def find_gaps(config: PipelineConfig, inventory: str, target_store: str, dashboa
     inputs = GapsInputs(Path(inventory), [Path(target_store)], dashboard=Path(dashboard) if dashboard else None)
     result = run(GapsOptions.model_validate(g.model_dump(exclude={"target"})), inputs, layout(config).gaps,
                  progress=interactive())
-    return StageResult("gaps", {name: str(p) for name, p in result.outputs.items() if name != "gaps"}
-                       | {"dir": str(result.outputs["gaps"])},
-                       dict(result.stats), gap_report_markdown(result.artifact))
+    return StageResult("gaps", {name: str(p) for name, p in result.outputs.items()}, dict(result.stats),
+                       gap_report_markdown(result.artifact))
 
 
 def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None = None, *,
@@ -337,40 +341,81 @@ def curate_corpus(config: PipelineConfig, store: str, scores: str | None = None,
 # -- the graph ----------------------------------------------------------------------------------------------------
 
 
+PER_CORPUS = ("store", "scores")  # outputs kept per corpus (`Layout.store(corpus)`, `Layout.scores(corpus)`)
+EVERY_CORPUS = "*"  # a stage that runs once per corpus the configured stages read (encode)
+
+
+def config_at(config: PipelineConfig, path: str) -> Any:
+    """The config value at a dotted path (None where a section is absent)."""
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the pipeline, declared once: the flows' tasks, the cache keys, `qscope validate`'s summary and
-    docs/architecture.md's table follow this row."""
+    """One stage of the pipeline, declared once: the flows' wiring and tasks, the cache keys, the artifacts,
+    `qscope validate`'s summary and docs/architecture.md's table follow this row."""
 
     name: str  # the task, cache-key and artifact name
     command: str  # the stage's own command (same options, same output: tests/test_stage_commands.py)
     section: str  # the config section that switches it on (and holds its options model)
     settings: tuple[str, ...]  # config paths its output depends on (the cache key; executor choice never is)
-    reads: tuple[str, ...]  # upstream outputs (`Layout` names) or the corpus' input files
+    reads: tuple[tuple[str, str], ...]  # (its function's parameter, the upstream output it takes: a `Layout` name)
     writes: str  # its `Layout` output
-    run: Callable[..., StageResult]
+    function: str  # its function in this module: (config, **reads) -> StageResult; looked up when called
+    flow: str  # the stage flow that runs it (flows/stages.py); a flow runs its stages in table order
+    corpus: str | None = None  # config path of the corpus whose store / scores it reads; EVERY_CORPUS: each one
+    files: tuple[str, ...] = ()  # config paths of files it reads besides upstream outputs ("corpus.input": its corpus')
+    gpu: bool = False  # holds a slot of the GPU concurrency limit and takes the executor choice
+    artifact: str = ""  # its markdown artifact's name (default: the stage's)
+
+    @property
+    def run(self) -> Callable[..., StageResult]:
+        return globals()[self.function]
 
     def configured(self, config: PipelineConfig) -> bool:
-        value: Any = config
-        for part in self.section.split("."):
-            value = getattr(value, part, None)
+        value = config_at(config, self.section)
         return value is not None and value != {}
+
+    def corpora(self, config: PipelineConfig) -> list[str | None]:
+        """The corpora it runs for: the one its `corpus` path names, every needed one, or [None]."""
+        if self.corpus == EVERY_CORPUS:
+            return list(needed_corpora(config))
+        return [config_at(config, self.corpus)] if self.corpus else [None]
+
+    def key(self, corpus: str | None) -> str:
+        """Its task run's name and its outputs record's key: one per corpus for a per-corpus stage."""
+        return f"{self.name}-{corpus}" if self.corpus == EVERY_CORPUS else self.name
+
+    def read_files(self, config: PipelineConfig, corpus: str | None) -> list[str]:
+        """The input files it reads besides upstream outputs (part of its cache key)."""
+        out: list[str] = []
+        for path in self.files:
+            value = config.corpora[corpus].input if path == "corpus.input" else config_at(config, path)
+            out += [str(v) for v in value or []]
+        return out
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("encode", "qscope encode", "corpora", ("model", "sae", "encode.batch_size", "encode.shard_rows"),
-          ("input",), "store", encode_corpus),
-    Stage("mine", "qscope rules mine", "rules.mine", ("rules.mine",), ("store",), "mined_rules", mine_rules),
-    Stage("score", "qscope score", "score", ("rules.files", "score"), ("store", "mined_rules"), "scores",
-          score_corpus),
-    Stage("select", "qscope features select", "inventory", ("inventory",), ("store",), "inventory",
-          select_inventory),
-    Stage("gaps", "qscope gaps", "gaps", ("gaps",), ("inventory", "store"), "gaps", find_gaps),
-    Stage("synth", "qscope synth", "synth", ("model", "sae", "synth"), ("gaps", "inventory"), "synth",
-          synthesize_gaps),
-    Stage("curate", "qscope curate", "curate", ("curate", "name", "corpora"), ("store", "scores", "synth"),
-          "curated", curate_corpus),
+    Stage("encode", "qscope encode", "corpora", ("model", "sae", "encode.batch_size", "encode.shard_rows"), (),
+          "store", "encode_corpus", "encode", corpus=EVERY_CORPUS, files=("corpus.input",), gpu=True),
+    Stage("mine", "qscope rules mine", "rules.mine", ("rules.mine",), (("store", "store"),), "mined_rules",
+          "mine_rules", "score", corpus="rules.mine.corpus"),
+    Stage("score", "qscope score", "score", ("rules.files", "score"), (("store", "store"), ("mined", "mined_rules")),
+          "scores", "score_corpus", "score", corpus="score.corpus", files=("rules.files",)),
+    Stage("select", "qscope features select", "inventory", ("inventory",), (("store", "store"),), "inventory",
+          "select_inventory", "gaps", corpus="inventory.corpus"),
+    Stage("gaps", "qscope gaps", "gaps", ("gaps",), (("inventory", "inventory"), ("target_store", "store")), "gaps",
+          "find_gaps", "gaps", corpus="gaps.target", artifact="gaps-report"),
+    Stage("synth", "qscope synth", "synth", ("model", "sae", "synth"), (("gaps_dir", "gaps"), ("inventory", "inventory")),
+          "synth", "synthesize_gaps", "synth", gpu=True),
+    Stage("curate", "qscope curate", "curate", ("curate", "name", "corpora"),
+          (("store", "store"), ("scores", "scores"), ("synth", "synth")), "curated", "curate_corpus", "curate",
+          corpus="curate.corpus", files=("corpus.input",)),
 )
+FLOWS: tuple[str, ...] = tuple(dict.fromkeys(s.flow for s in STAGES))  # the stage flows, in graph order
 
 
 def stage_named(name: str) -> Stage:
@@ -378,6 +423,12 @@ def stage_named(name: str) -> Stage:
         if stage.name == name:
             return stage
     raise KeyError(f"no stage {name!r} (stages: {', '.join(s.name for s in STAGES)})")
+
+
+def needed_corpora(config: PipelineConfig) -> list[str]:
+    """The corpora some configured stage reads (all of them when none does: encode-only configs)."""
+    named = {config_at(config, s.corpus) for s in STAGES if s.corpus not in (None, EVERY_CORPUS) and s.configured(config)}
+    return [c for c in config.corpora if c in named] or list(config.corpora)
 
 
 def configured_stages(config: PipelineConfig) -> list[str]:

@@ -41,7 +41,7 @@ def test_rules_mine(tmp_path):
     cfg = config(tmp_path, {"texts": ["texts.jsonl"]},
                  rules={"mine": {"corpus": "texts", "by": "lang", "top": 6, "seed": 7, "name": "toxic"}})
     cfg.sae.layer = 6
-    piped = stages.mine_rules(cfg, str(store.root)).outputs["rules"]
+    piped = stages.mine_rules(cfg, str(store.root)).outputs["mined_rules"]
     mine = cfg.rules.mine
     main(["rules", "mine", "--features", str(store.root), "--out", str(tmp_path / "cli.yaml"), "--by", mine.by,
           "--top", str(mine.top), "--seed", str(mine.seed), "--name", mine.name, "--layer", str(cfg.sae.layer)])
@@ -69,7 +69,7 @@ def test_features_select_and_gaps(coverage, tmp_path):
     assert load_inventory(inventory).model_dump() == load_inventory(tmp_path / "cli.yaml").model_dump()
     assert load_inventory(inventory).features, "the case selects something"
 
-    gaps_dir = stages.find_gaps(cfg, inventory, str(target.root)).outputs["dir"]
+    gaps_dir = stages.find_gaps(cfg, inventory, str(target.root)).outputs["gaps"]
     main(["gaps", "--inventory", inventory, "--target", str(target.root), "--out", str(tmp_path / "cli-gaps")])
     assert load_gaps(Path(gaps_dir) / "gaps.json").to_json() == load_gaps(tmp_path / "cli-gaps" / "gaps.json").to_json()
 
@@ -188,19 +188,27 @@ def test_the_common_entry_point_form(module):
 
 def test_every_stage_of_the_graph_has_its_task_command_and_output():
     """The STAGES table is what the flows, the cache keys and `validate` follow: each row names a real task, a real
-    command and a real output place."""
-    import typer
-    from prefect import Task
+    command, a real output place, a real function, and reads only what an earlier row writes."""
+    import inspect
 
+    import typer
+
+    import qscope_flows.stages as flows
     import qscope_flows.tasks as tasks
     from qscope_data.cli import app
 
-    task_names = {t.name for t in vars(tasks).values() if isinstance(t, Task)}
     root = typer.main.get_command(app)
+    written: set[str] = set()
     for stage in stages.STAGES:
-        assert stage.name in task_names, f"stage {stage.name} has no flow task"
+        assert tasks.TASKS[stage.name].name == stage.name, f"stage {stage.name} has no flow task"
+        assert stage.flow in flows.FLOW_FUNCTIONS and flows.FLOW_FUNCTIONS[stage.flow].name == stage.flow
         command = root
         for word in stage.command.split()[1:]:
             command = command.commands[word]
         assert hasattr(stages.Layout, stage.writes), f"stage {stage.name} writes to no Layout place"
-        assert stage.settings and callable(stage.run)
+        params = inspect.signature(stage.run).parameters
+        for param, output in stage.reads:
+            assert param in params, f"{stage.function} takes no {param!r}"
+            assert output in written, f"stage {stage.name} reads {output!r}, which no earlier stage writes"
+        written.add(stage.writes)
+        assert stage.settings
