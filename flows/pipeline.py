@@ -31,14 +31,15 @@ def curation_pipeline(config_path: str, executor: Executor | None = None, resume
     for name in FLOWS:
         if any(row.flow == name and row.configured(config) for row in STAGES):
             merge_outputs(out, FLOW_FUNCTIONS[name](config_path, executor, resume, given=out, upstream=False))
-    rows = [f"| {stage} | `{path}` |" for stage, path in _flatten(out)]
+    rows = [f"| {stage} | `{path}` |" for stage, path in flatten(out)]
     create_markdown_artifact(markdown=f"## {config.name}: outputs\n\n| output | path |\n|---|---|\n" + "\n".join(rows) + "\n",
                              key=artifact_key(config.name, "pipeline"), description="qscope curation pipeline outputs")
-    get_run_logger().info("pipeline %s done: %s", config.name, ", ".join(f"{k} → {v}" for k, v in _flatten(out)))
+    get_run_logger().info("pipeline %s done: %s", config.name, ", ".join(f"{k} → {v}" for k, v in flatten(out)))
     return out
 
 
-def _flatten(out: dict[str, Any]) -> list[tuple[str, str]]:
+def flatten(out: dict[str, Any]) -> list[tuple[str, str]]:
+    """A flow's outputs as (name, path) rows: per-corpus ones as `name.corpus`."""
     rows: list[tuple[str, str]] = []
     for key, value in out.items():
         if isinstance(value, dict):

@@ -32,16 +32,14 @@ def run(
     load_config(config)  # a bad config fails here, with one line, before Prefect starts a server
     if ray_address:
         os.environ["RAY_ADDRESS"] = ray_address  # ray.init() joins it when the config names no address
-    from qscope_flows.pipeline import curation_pipeline
+    from qscope_flows.pipeline import curation_pipeline, flatten
 
     if os.environ.get("QSCOPE_DEBUG") != "1" and not _debug():
         quiet_tracebacks()
     out = curation_pipeline(config_path=str(config.resolve()), executor=executor.value if executor else None,
                             resume=resume)
-    for stage, value in out.items():
-        items = value.items() if isinstance(value, dict) else [(None, value)]
-        for name, path in items:
-            print(f"{stage}{'.' + name if name else ''}: {path}")
+    for name, path in flatten(out):
+        print(f"{name}: {path}")
 
 
 class _OneLine(logging.Filter):

@@ -76,9 +76,9 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
     atomic.write_text(config_path, PIPELINE_TEMPLATE.read_text())
     config = load_config(config_path)
 
-    from qscope_flows.pipeline import curation_pipeline
+    from qscope_flows.pipeline import curation_pipeline, flatten
 
-    curation_pipeline(config_path=str(config_path))
+    outputs = flatten(curation_pipeline(config_path=str(config_path)))
     where = layout(config)
 
     tox_dir = out / "report" / "toxicity"
@@ -91,7 +91,7 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
     from qscope_data.curate.manifest import load_manifest
     from qscope_data.explain.options import ExplainOptions
     from qscope_data.explain.run import run_explain
-    from qscope_data.synth.output import load_synth_summary
+    from qscope_data.synth.output import ACCEPTED_JSONL, load_synth_summary
 
     dashboards = out / "report" / "features"
     explained = run_explain(ExplainOptions(features=where.store("texts"), inventory=where.inventory, out=dashboards))
@@ -107,16 +107,10 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
     summary.density = _dictionary_density(where.store("sft"), sae_width=summary.sae["d_sae"])
     summary.synth = load_synth_summary(where.synth)
     summary.curate = load_manifest(where.curated).model_dump(mode="json")
-    summary.paths = {
-        "report": str(out / "report" / "report.html"),
-        "gap_report": str(where.gaps / "report.html"),
-        "shards": str(where.curated / "data"),
-        "stores": str(out / "stores"),
-        "rules": str(where.mined_rules),
-        "scores": str(where.scores("sft")),
-        "synthetic": str(where.synth / "accepted.jsonl"),
-        "sae": str(demo_sae_path()),
-        "feature_dashboards": str(dashboards / "index.html"),
+    summary.paths = {  # the pipeline's outputs by stage-table name, and the pages to open first
+        "report": str(out / "report" / "report.html"), "gap_report": str(where.gaps / "report.html"),
+        "feature_dashboards": str(dashboards / "index.html"), "shards": str(where.curated / "data"),
+        "synthetic": str(where.synth / ACCEPTED_JSONL), "sae": str(demo_sae_path()), **dict(outputs),
     }
     summary.seconds = time.monotonic() - start
     _write_overview(summary, where, tox_dir, tox)
