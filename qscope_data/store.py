@@ -45,7 +45,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -59,6 +59,7 @@ STORE_KIND = "qscope-feature-store"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 PROGRESS_DIR = "_progress"
+BATCH_ROWS = 65_536  # documents a streaming reader holds at once (`FeatureStore.batches`)
 SCRATCH = "scratch"  # _progress/scratch/: executors' staging, removed when the store is finished
 JOB = "job.json"
 
@@ -205,6 +206,27 @@ class FeatureStore:
 
     def read(self, layer: int | None = None, columns: list[str] | None = None) -> pl.DataFrame:
         return self.scan(layer, columns).collect()
+
+    def batches(self, layer: int | None = None, columns: list[str] | None = None,
+                batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
+        """The layer's rows in store order, `batch_rows` documents at a time: what a stage that must see every
+        document holds is one batch, never the store. Slices push down to the Parquet reader, and the next batch is
+        read in a background thread while the caller works on the current one (polars releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if batch_rows < 1:
+            raise UsageError(f"batch_rows must be ≥ 1 (got {batch_rows})")
+        lf = self.scan(layer, columns)
+        starts = list(range(0, lf.select(pl.len()).collect().item(), batch_rows))
+        if not starts:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qscope-read") as pool:
+            pending = pool.submit(lf.slice(starts[0], batch_rows).collect)
+            for i in range(len(starts)):
+                batch = pending.result()
+                if i + 1 < len(starts):
+                    pending = pool.submit(lf.slice(starts[i + 1], batch_rows).collect)
+                yield batch
 
     def scan_tokens(self, layer: int | None = None) -> pl.LazyFrame | None:
         paths = self.shard_paths(layer, tokens=True)

@@ -188,3 +188,15 @@ def test_bad_selection_inputs_exit_2(ref, tmp_path, capsys):
     assert "more than once" in _exit2(["features", "select", "--labels", str(dup), "--out", out], capsys)
     assert "no such file" in _exit2(["features", "select", "--labels", str(tmp_path / "none.csv"), "--out", out], capsys)
     assert not Path(out).exists()
+
+
+def test_selection_streams_the_store_in_batches_and_finds_what_one_pass_finds(ref, monkeypatch):
+    """Selection reads the store a batch of documents at a time (support summed, each feature's top documents merged
+    across batches): batches of 7 documents give the inventory of one batch holding them all."""
+    import qscope_data.coverage.inventory as inventory
+
+    _, store = ref
+    whole = select_features(store, top=4, min_support=2, min_purity=0.0, contrast="rest")
+    monkeypatch.setattr(inventory, "BATCH_DOCS", 7)
+    assert select_features(store, top=4, min_support=2, min_purity=0.0, contrast="rest") == whole
+    assert len(whole.features) >= 6 and all(f.examples and f.languages for f in whole.features)

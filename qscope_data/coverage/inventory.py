@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import polars as pl
 import yaml
@@ -97,6 +97,11 @@ class Inventory(BaseModel):
 # ---------------------------------------------------------------------------------------------- selection from a store
 
 
+# Documents read at once: a batch's (document, feature) pairs are what selection holds besides its per-feature state
+# (a document fires tens to thousands of features, so a batch is ~10⁵–10⁷ pairs).
+BATCH_DOCS = 2048
+
+
 class InventoryOptions(BaseModel):
     """The inventory stage's options (`qscope features select` and the pipeline's `inventory:` section): the only
     place their defaults live (`select_features`' keywords default to these)."""
@@ -142,7 +147,11 @@ def select_features(
     Specificity: a feature's *purity* is the share of its `purity_top` top-activating reference documents (by peak
     activation, over every labelled document, negative class included) that carry its category. Δ alone admits
     features that fire a little more often on harmful text but mostly stand for something else (a language, "a
-    request"); a feature is kept only when its purity reaches `min_purity`."""
+    request"); a feature is kept only when its purity reaches `min_purity`.
+
+    Memory: the store is read `BATCH_DOCS` documents at a time, twice (support and top documents; then the chosen
+    features' examples and languages). Besides one batch's (document, feature) pairs it keeps the support of every
+    (category, feature) and each feature's `purity_top` top documents — bounded by the dictionary, not the corpus."""
     if top < 1:
         raise UsageError(f"--top must be ≥ 1 (got {top})")
     if min_support < 1:
@@ -159,15 +168,10 @@ def select_features(
         extra = ", ".join(store.passthrough_columns(layer)) or "none"
         raise DataError(f"{store.root}: no column {label_field!r} to label documents by (pass-through columns: {extra})")
     lang = lang_field if lang_field and lang_field in columns and lang_field != label_field else None
-    lang_col = pl.col(lang).cast(pl.String).fill_null("?") if lang else pl.lit("?")
+    read = ["doc_id", label_field, "feature_ids", "max_acts", *([lang] if lang else [])]
     try:
-        docs = (
-            store.scan(layer, ["doc_id", label_field, "feature_ids", "max_acts", *([lang] if lang else [])])
-            .select("doc_id", pl.col(label_field).cast(pl.String).alias("_cat"), lang_col.alias("_lang"),
-                    "feature_ids", "max_acts")
-            .filter(pl.col("_cat").is_not_null())
-        )
-        sizes = docs.group_by("_cat").agg(pl.len().alias("n")).collect()
+        sizes = (store.scan(layer, [label_field]).select(pl.col(label_field).cast(pl.String).alias("_cat"))
+                 .filter(pl.col("_cat").is_not_null()).group_by("_cat").agg(pl.len().alias("n")).collect())
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"{store.root}: column {label_field!r} cannot be read as a category: {str(exc).splitlines()[0]}") from exc
     n_docs = {row["_cat"]: int(row["n"]) for row in sizes.iter_rows(named=True)}
@@ -176,8 +180,29 @@ def select_features(
     if len(n_docs) < 2:
         raise DataError(f"{store.root}: {label_field} has only the negative class {negative!r}; nothing to contrast")
 
-    pairs = docs.explode(["feature_ids", "max_acts"]).drop_nulls("feature_ids").rename({"feature_ids": "feature"})
-    counts = pairs.group_by("_cat", "feature").agg(pl.len().alias("support")).collect()
+    def pairs() -> Iterator[pl.DataFrame]:
+        """(doc_id, _cat, _lang, feature, max_acts) of every labelled document, a bounded batch of documents at a
+        time: memory is a batch, never the store."""
+        lang_col = pl.col(lang).cast(pl.String).fill_null("?") if lang else pl.lit("?")
+        for batch in store.batches(layer, read, batch_rows=BATCH_DOCS):
+            yield (batch.select("doc_id", pl.col(label_field).cast(pl.String).alias("_cat"), lang_col.alias("_lang"),
+                                "feature_ids", "max_acts")
+                   .filter(pl.col("_cat").is_not_null())
+                   .explode(["feature_ids", "max_acts"]).drop_nulls("feature_ids").rename({"feature_ids": "feature"}))
+
+    def highest(frame: pl.DataFrame, by: list[str], n: int) -> pl.DataFrame:
+        """The `n` highest-activating rows per `by` group (ties: doc_id); top-n of a union is the top-n of the tops."""
+        return (frame.sort([*by, "max_acts", "doc_id"], descending=[False] * len(by) + [True, False])
+                .group_by(by, maintain_order=True).head(n))
+
+    # Pass 1: support per (category, feature), and every feature's `purity_top` top documents (state: features ×
+    # categories counts plus features × purity_top rows, whatever the store's size).
+    counts = pl.DataFrame(schema={"_cat": pl.String, "feature": pl.Int32, "support": pl.UInt32})
+    tops = pl.DataFrame(schema={"feature": pl.Int32, "doc_id": pl.String, "_cat": pl.String, "max_acts": pl.Float32})
+    for batch in pairs():
+        counts = (pl.concat([counts, batch.group_by("_cat", "feature").agg(pl.len().alias("support").cast(pl.UInt32))])
+                  .group_by("_cat", "feature").agg(pl.col("support").sum()))
+        tops = highest(pl.concat([tops, batch.select(tops.columns).cast(tops.schema)]), ["feature"], purity_top)
     sizes_df = pl.DataFrame({"_cat": list(n_docs), "n": list(n_docs.values())}, schema={"_cat": pl.String, "n": pl.Int64})
     if contrast == "negative":
         neg = (
@@ -202,16 +227,12 @@ def select_features(
         .group_by("feature", maintain_order=True)
         .first()
     )
-    top_docs = (
-        pairs.join(best.lazy().select("feature", pl.col("_cat").alias("_assigned")), on="feature")
-        .sort(["feature", "max_acts", "doc_id"], descending=[False, True, False])
-        .group_by("feature", maintain_order=True)
-        .head(purity_top)
+    purity = (
+        tops.join(best.select("feature", pl.col("_cat").alias("_assigned")), on="feature")
         .group_by("feature")
         .agg((pl.col("_cat") == pl.col("_assigned")).mean().alias("purity"))
-        .collect()
     )
-    best = best.join(top_docs, on="feature", how="left")
+    best = best.join(purity, on="feature", how="left")
     candidates = best.height
     chosen = (
         best.filter(pl.col("purity") >= min_purity)
@@ -219,18 +240,19 @@ def select_features(
         .group_by("_cat", maintain_order=True)
         .head(top)
     )
-    examples = (
-        pairs.join(chosen.lazy().select("_cat", "feature"), on=["_cat", "feature"])
-        .group_by("_cat", "feature")
-        .agg(pl.col("doc_id").sort_by(["max_acts", "doc_id"], descending=[True, False]).head(n_examples).alias("examples"))
-        .collect()
-    )
-    ex_map = {(r["_cat"], r["feature"]): r["examples"] for r in examples.iter_rows(named=True)}
-    langs = (
-        pairs.join(chosen.lazy().select("_cat", "feature"), on=["_cat", "feature"])
-        .group_by("feature", "_lang").agg(pl.col("doc_id").n_unique().alias("n"))
-        .collect()
-    )
+    # Pass 2, over the chosen (category, feature) pairs only: their example documents and languages.
+    keys = chosen.select("_cat", pl.col("feature").cast(pl.Int32))
+    examples = pl.DataFrame(schema={"_cat": pl.String, "feature": pl.Int32, "doc_id": pl.String, "max_acts": pl.Float32})
+    langs = pl.DataFrame(schema={"feature": pl.Int32, "_lang": pl.String, "n": pl.UInt32})
+    for batch in pairs() if keys.height else ():
+        hits = batch.with_columns(pl.col("feature").cast(pl.Int32)).join(keys, on=["_cat", "feature"])
+        examples = highest(pl.concat([examples, hits.select(examples.columns).cast(examples.schema)]), ["_cat", "feature"],
+                       n_examples)
+        langs = (pl.concat([langs, hits.group_by("feature", "_lang").agg(pl.len().alias("n").cast(pl.UInt32))])
+                 .group_by("feature", "_lang").agg(pl.col("n").sum()))
+    ex_map = {(r["_cat"], r["feature"]): r["examples"]
+              for r in examples.group_by("_cat", "feature", maintain_order=True).agg(pl.col("doc_id").alias("examples"))
+              .iter_rows(named=True)}
     lang_map: dict[int, dict[str, int]] = {}
     for r in langs.sort(["feature", "n", "_lang"], descending=[False, True, False]).iter_rows(named=True):
         if lang:
