@@ -11,7 +11,7 @@ import pytest
 
 from coverage_stores import make_store, random_docs
 from qscope_data.cli import main
-from qscope_data.coverage.overlap import Footprint, coverage_curve, redundancy
+from qscope_data.coverage.overlap import footprint_of_sets, redundancy
 from qscope_data.store import FeatureStore
 
 D_SAE = 200
@@ -97,16 +97,16 @@ def test_subset_overlaps_superset_at_one_and_not_the_reverse(tmp_path):
 def test_redundancy_formula_on_known_footprints():
     rng = random.Random(2)
     # identical documents: every document shows the whole footprint
-    same = Footprint.from_sets("same", [[1, 2, 3]] * 12)
-    assert redundancy(coverage_curve(same, subsets=5)) == 1.0
+    _, same = footprint_of_sets("same", [[1, 2, 3]] * 12, subsets=5)
+    assert redundancy(same) == 1.0
     # disjoint equal documents: coverage grows linearly, R = (N + 1) / (2N) whatever the ordering
-    disjoint = Footprint.from_sets("disjoint", [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(10)])
-    assert redundancy(coverage_curve(disjoint, subsets=3)) == pytest.approx(11 / 20, abs=1e-12)
+    _, disjoint = footprint_of_sets("disjoint", [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(10)], subsets=3)
+    assert redundancy(disjoint) == pytest.approx(11 / 20, abs=1e-12)
     # random footprints: the sampled estimate converges on the closed-form expectation
     sets = [sorted(rng.sample(range(60), rng.randint(1, 6))) for _ in range(30)]
-    estimate = redundancy(coverage_curve(Footprint.from_sets("r", sets), subsets=400, seed=1))
+    estimate = redundancy(footprint_of_sets("r", sets, subsets=400, seed=1)[1])
     assert estimate == pytest.approx(expected_redundancy(sets), abs=0.01)
-    assert redundancy(coverage_curve(Footprint.from_sets("empty", [[], []]))) is None
+    assert redundancy(footprint_of_sets("empty", [[], []])[1]) is None
 
 
 def test_last_token_footprint_reads_each_documents_last_position(tmp_path, capsys):
@@ -149,3 +149,17 @@ def test_overlap_exit_2_cases(stores, tmp_path, capsys):
         assert exc.value.code == 2 and needle in capsys.readouterr().err
     assert not (tmp_path / "ov").exists()
     assert FeatureStore(a).manifest.n_documents == 25
+
+
+def test_a_footprint_streams_the_store_and_its_curve_is_the_one_pass_curve(stores, monkeypatch):
+    """The store is read a batch of documents at a time (each feature's earliest rank per ordering kept, never the
+    pairs): batches of 7 documents give the footprint and curve of one pass over its feature sets."""
+    import qscope_data.coverage.overlap as overlap
+
+    _, by_name = stores
+    sets, store = by_name["broad"]
+    monkeypatch.setattr(overlap, "BATCH_DOCS", 7)
+    fp, curve = overlap.load_footprint(store, subsets=6, seed=3)
+    whole, expected = footprint_of_sets("broad", sets, subsets=6, seed=3)
+    assert fp.n_docs == 60 and fp.features.tolist() == whole.features.tolist() == sorted({f for s in sets for f in s})
+    assert np.array_equal(curve, expected) and curve.sum() == pytest.approx(direct_curve_sum(sets, 6, 3))

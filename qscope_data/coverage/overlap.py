@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,49 +37,109 @@ from qscope_data.store import FeatureStore
 CURVE_POINTS = 101  # points of each coverage curve kept in overlap.json / plotted
 
 
+# Documents read at once (`FeatureStore.batches`): a batch's (document, feature) pairs are all a footprint holds
+# besides its per-document ranks.
+BATCH_DOCS = 8192
+
+
 @dataclass
 class Footprint:
-    """Documents as (document index, feature) pairs: enough for the footprint set and for coverage curves."""
+    """F(D), the features active on any of a store's documents (ascending), and how many documents it read."""
 
     name: str
     n_docs: int
-    doc_index: np.ndarray  # int64, one entry per (document, active feature)
-    feature: np.ndarray  # int64, same length
+    features: np.ndarray  # int64, ascending
     source: dict[str, Any] = field(default_factory=dict)
-
-    @cached_property
-    def features(self) -> np.ndarray:
-        """F(D), ascending."""
-        return np.flatnonzero(np.bincount(self.feature)) if self.feature.size else np.zeros(0, dtype=np.int64)
 
     @property
     def size(self) -> int:
         return int(self.features.size)
 
-    @classmethod
-    def from_sets(cls, name: str, docs: Sequence[Sequence[int]]) -> "Footprint":
-        lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        flat = np.array([f for d in docs for f in d], dtype=np.int64)
-        return cls(name, len(docs), np.repeat(np.arange(len(docs), dtype=np.int64), lengths), flat)
+
+class CoverageCurve:
+    """c(n) for n = 0..N, the mean footprint size of the first n documents over `subsets` random orderings, built a
+    batch of (document, feature) pairs at a time.
+
+    Ordering s is `rng.permutation(N)` (rng = numpy default_rng(seed), drawn in turn); its size-n subset is its first n
+    documents. A feature enters the curve at the earliest rank of any document holding it, so what is kept is each
+    document's rank in each ordering (4 bytes × subsets per document) and each feature's earliest rank per ordering
+    (8 bytes × subsets per feature) — never the pairs themselves."""
+
+    def __init__(self, n_docs: int, *, width: int, subsets: int = 20, seed: int = 0):
+        if subsets < 1:
+            raise UsageError(f"--subsets must be ≥ 1 (got {subsets})")
+        self.n_docs, self.width = n_docs, width
+        rng = np.random.default_rng(seed)
+        self.ranks = np.empty((subsets, n_docs), dtype=np.int32)
+        for s in range(subsets):
+            self.ranks[s, rng.permutation(n_docs)] = np.arange(n_docs, dtype=np.int32)
+        self.first = np.full((subsets, width), n_docs, dtype=np.int64)  # n_docs: never entered
+
+    def add(self, doc_index: np.ndarray, feature: np.ndarray) -> None:
+        """Pairs of documents (index into the N documents) and features active on them."""
+        if feature.size == 0:
+            return
+        if int(feature.max()) >= self.width:  # a store wider than its manifest says: grow rather than fail
+            grown = np.full((self.first.shape[0], int(feature.max()) + 1), self.n_docs, dtype=np.int64)
+            grown[:, :self.width] = self.first
+            self.first, self.width = grown, grown.shape[1]
+        by_feature = np.argsort(feature, kind="stable")
+        feats, docs = feature[by_feature], doc_index[by_feature]
+        starts = np.flatnonzero(np.concatenate(([True], feats[1:] != feats[:-1])))
+        for s in range(self.first.shape[0]):
+            entry = np.minimum.reduceat(self.ranks[s, docs], starts)
+            np.minimum.at(self.first[s], feats[starts], entry)
+
+    @property
+    def features(self) -> np.ndarray:
+        """F(D), ascending."""
+        return np.flatnonzero(self.first[0] < self.n_docs) if self.first.size else np.zeros(0, dtype=np.int64)
+
+    def curve(self) -> np.ndarray:
+        curve = np.zeros(self.n_docs + 1, dtype=np.float64)
+        entered = self.features
+        if self.n_docs == 0 or entered.size == 0:
+            return curve
+        for s in range(self.first.shape[0]):
+            curve[1:] += np.cumsum(np.bincount(self.first[s, entered], minlength=self.n_docs))
+        return curve / self.first.shape[0]
 
 
-def _from_list_column(name: str, column: pa.ChunkedArray | pa.Array, n_docs: int, source: dict[str, Any]) -> Footprint:
+def footprint_of_sets(name: str, docs: Sequence[Sequence[int]], *, subsets: int = 20,
+                      seed: int = 0) -> tuple[Footprint, np.ndarray]:
+    """The footprint and coverage curve of documents given as feature sets (small examples, tests)."""
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    flat = np.array([f for d in docs for f in d], dtype=np.int64)
+    acc = CoverageCurve(len(docs), width=int(flat.max()) + 1 if flat.size else 0, subsets=subsets, seed=seed)
+    acc.add(np.repeat(np.arange(len(docs), dtype=np.int64), lengths), flat)
+    return Footprint(name, len(docs), acc.features), acc.curve()
+
+
+def _pairs(column: pa.ChunkedArray | pa.Array, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """(document index, feature) pairs of a list<int> column whose first row is document `offset`."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if arr.null_count:
         arr = arr.fill_null(pa.scalar([], type=arr.type))
-    parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Footprint(name, n_docs, parents, values, source)
+    parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64) + offset
+    return parents, pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def load_footprint(store: FeatureStore, *, name: str | None = None, layer: int | None = None, last_token: bool = False) -> Footprint:
-    """Read a store's per-document active features (all aggregated positions, or the last token of each document)."""
+def load_footprint(store: FeatureStore, *, name: str | None = None, layer: int | None = None, last_token: bool = False,
+                   subsets: int = 20, seed: int = 0) -> tuple[Footprint, np.ndarray]:
+    """A store's footprint and coverage curve, from its per-document active features (all aggregated positions,
+    read `BATCH_DOCS` documents at a time) or from the last token of each document."""
     layer = store.resolve_layer(layer)
     name = name or store.root.name
     source = {"path": str(store.root.resolve()), "manifest": store.manifest_hash(), "layer": layer}
+    width = store.manifest.sae(layer).d_sae
     if not last_token:
-        table = store.scan(layer, ["feature_ids"]).collect().to_arrow()
-        return _from_list_column(name, table.column("feature_ids"), table.num_rows, source)
+        n_docs = int(store.scan(layer, ["doc_id"]).select(pl.len()).collect().item())
+        acc = CoverageCurve(n_docs, width=width, subsets=subsets, seed=seed)
+        offset = 0
+        for batch in store.batches(layer, ["feature_ids"], batch_rows=BATCH_DOCS):
+            acc.add(*_pairs(batch.to_arrow().column("feature_ids"), offset))
+            offset += batch.height
+        return Footprint(name, n_docs, acc.features, source), acc.curve()
     tokens = store.scan_tokens(layer)
     if tokens is None:
         raise DataError(f"{store.root}: no token-level table for layer {layer}; --last-token needs a store encoded with --token-level")
@@ -98,9 +157,9 @@ def load_footprint(store: FeatureStore, *, name: str | None = None, layer: int |
         .filter(pl.col("values") > 0)
         .collect()
     )
-    return Footprint(
-        name, n_docs, pairs["doc_index"].cast(pl.Int64).to_numpy(), pairs["feature_ids"].cast(pl.Int64).to_numpy(), source
-    )
+    acc = CoverageCurve(n_docs, width=width, subsets=subsets, seed=seed)
+    acc.add(pairs["doc_index"].cast(pl.Int64).to_numpy(), pairs["feature_ids"].cast(pl.Int64).to_numpy())
+    return Footprint(name, n_docs, acc.features, source), acc.curve()
 
 
 def overlap_matrix(footprints: Sequence[Footprint]) -> list[list[float | None]]:
@@ -113,33 +172,6 @@ def overlap_matrix(footprints: Sequence[Footprint]) -> list[list[float | None]]:
         mask[b] = True
         masks.append(mask)
     return [[None if a.size == 0 else float(masks[j][a].sum() / a.size) for j in range(len(sets))] for a in sets]
-
-
-def coverage_curve(fp: Footprint, *, subsets: int = 20, seed: int = 0) -> np.ndarray:
-    """c(n) for n = 0..N, the mean footprint size of the first n documents over `subsets` random orderings.
-
-    Ordering s is `rng.permutation(N)` (rng = numpy default_rng(seed), drawn in turn); its size-n subset is its first n
-    documents. A feature enters the curve at the earliest rank of any document holding it."""
-    if subsets < 1:
-        raise UsageError(f"--subsets must be ≥ 1 (got {subsets})")
-    n = fp.n_docs
-    curve = np.zeros(n + 1, dtype=np.float64)
-    if n == 0 or fp.feature.size == 0:
-        return curve
-    # group the (document, feature) pairs by feature once; per ordering, a feature's entry rank is a segment minimum
-    by_feature = np.argsort(fp.feature, kind="stable")
-    docs_by_feature = fp.doc_index[by_feature]
-    sorted_feats = fp.feature[by_feature]
-    starts = np.flatnonzero(np.concatenate(([True], sorted_feats[1:] != sorted_feats[:-1])))
-    rng = np.random.default_rng(seed)
-    for _ in range(subsets):
-        order = rng.permutation(n)
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n, dtype=np.int64)
-        first = np.minimum.reduceat(rank[docs_by_feature], starts)
-        entered = np.bincount(first, minlength=n)
-        curve[1:] += np.cumsum(entered)
-    return curve / subsets
 
 
 def redundancy(curve: np.ndarray) -> float | None:
@@ -227,9 +259,9 @@ def analyse_overlap(
     footprints: list[Footprint] = []
     curves: list[np.ndarray] = []
     for name, store in zip(names, stores):
-        fp = load_footprint(store, name=name, layer=layer, last_token=last_token)
+        fp, curve = load_footprint(store, name=name, layer=layer, last_token=last_token, subsets=subsets, seed=seed)
         footprints.append(fp)
-        curves.append(coverage_curve(fp, subsets=subsets, seed=seed))
+        curves.append(curve)
         if on_store:
             on_store(name)
     options = {"last_token": last_token, "subsets": subsets, "seed": seed, "layer": first.layer, "sae": first.model_dump()}
