@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data import atomic
 from qscope_data.errors import DataError, UsageError
+from qscope_data.result import Result, interactive
 from qscope_data.rules.compile import RuleProgram, compile_rules
 from qscope_data.rules.rulefile import LoadedRuleFile, load_rule_files
 from qscope_data.store import FeatureStore
@@ -177,23 +178,34 @@ def hit_summary(scores: pl.DataFrame, program: RuleProgram) -> dict[str, Any]:
     return {"n_documents": scores.height, "documents_by_lang": docs_by_lang, "rules": rules}
 
 
-def score_store(
-    rule_paths: list[str | Path], store_path: str | Path, out_dir: str | Path, *, layer: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
-) -> dict[str, Any]:
-    """Score every document of the store with every rule; write DIR/scores.parquet and DIR/summary.json atomically."""
-    if not rule_paths:
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What scoring reads: the rule files, the feature store and its SAE layer (default: the rule files' header,
+    else the store's first)."""
+
+    rules: list[Path]
+    store: Path
+    layer: int | None = None
+
+
+def run(options: ScoreOptions, inputs: ScoreInputs, out: str | Path, *,
+        progress: bool | None = None) -> Result[Scores]:
+    """The score stage (`qscope score`, the pipeline's `score`): every document of the store scored with every rule,
+    written atomically into `out` as scores.parquet + summary.json and returned as `load_scores` reads them.
+    Stats: summary.json's content (documents, layer, per-rule action and hits, provenance, timing).
+    `progress`: a bar on stderr."""
+    if not inputs.rules:
         raise UsageError("give at least one --rules file")
-    store = FeatureStore(store_path)
-    files, layer, program = prepare(store, rule_paths, layer)
+    store = FeatureStore(inputs.store)
+    files, layer, program = prepare(store, list(inputs.rules), inputs.layer)
     start = time.perf_counter()
-    scores = evaluate_store(store, program, layer, batch_rows=batch_rows, progress=progress)
+    scores = evaluate_store(store, program, layer, batch_rows=options.batch_rows, progress=interactive(progress))
     elapsed = time.perf_counter() - start
-    out = Path(out_dir)
+    out = Path(out)
     atomic.write_parquet(out / SCORES, scores.select(program.output_columns()).to_arrow())
     summary = {
         "kind": "qscope-scores",
-        "store": str(Path(store_path)),
+        "store": str(Path(inputs.store)),
         "store_manifest_sha256": store.manifest_hash(),
         "layer": layer,
         "d_sae": store.manifest.sae(layer).d_sae,
@@ -204,13 +216,13 @@ def score_store(
         "docs_per_s": round(scores.height / elapsed, 1) if elapsed > 0 else None,
     }
     atomic.write_json(out / SUMMARY, summary)
-    return summary
+    return Result(load_scores(out), {"scores": out, SCORES: out / SCORES, SUMMARY: out / SUMMARY}, summary)
 
 
 # -- the reader (what curate uses) -------------------------------------------------------------------------------
 # DIR/scores.parquet: doc_id, one boolean column per rule (null counts as not hit), optional <rule>_score floats and
 # lang. DIR/summary.json: {"rules": {name: {"action": drop|flag|keep, "hits": …}}, "store_manifest_sha256": …,
-# "rule_files": …}; rule_files may be a list of {path, sha256} (what score_store writes) or a {path: sha256} mapping.
+# "rule_files": …}; rule_files may be a list of {path, sha256} (what `run` writes) or a {path: sha256} mapping.
 # Every mismatch is a `DataError` (exit 2).
 
 ACTIONS = ("drop", "flag", "keep")
