@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field
 
 from qscope_data import atomic
 from qscope_data.errors import UsageError
+from qscope_data.result import Result, status
 from qscope_data.rules import split as splits
 from qscope_data.rules.compile import compile_rules, feature_matrix
-from qscope_data.result import Result, status
 from qscope_data.rules.rulefile import IDENT, LoadedRuleFile, load_rule_file
 from qscope_data.store import FeatureStore
 
