@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from qscope_data.rules.score import score_store
+from qscope_data.rules.score import ScoreInputs, ScoreOptions, run
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 
 D_SAE = 32768
@@ -185,7 +185,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     for _ in range(args.repeat):
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = score_store([rules], args.store, work / "out", progress=False)
+        summary = run(ScoreOptions(), ScoreInputs([rules], args.store), work / "out", progress=False).stats
         wall, used = time.perf_counter() - t0, time.process_time() - c0
         if best is None or wall < best:
             best, cpu = wall, used

@@ -107,12 +107,13 @@ def prepare(out: Path, per_class: int, seed: int, sources: list[str] | None = No
 
 def run(features: Path, out: Path, top: int, seed: int, layer: str | None, by: str) -> None:
     from qscope_data.rules.evaluate import evaluate_rules
-    from qscope_data.rules.mine import MineOptions, mine_store
+    from qscope_data.rules.mine import MineInputs, MineOptions
+    from qscope_data.rules.mine import run as mine
 
     out.mkdir(parents=True, exist_ok=True)
     rules = out / "mined.yaml"
-    mined = mine_store(features, MineOptions(label_field="label", positive="1", by=by, top=top, seed=seed, name="toxic"),
-                       rules, layer=int(layer) if layer and layer != "auto" else layer)
+    options = MineOptions(label_field="label", positive="1", by=by, top=top, seed=seed, name="toxic")
+    mined = mine(options, MineInputs(features, int(layer) if layer and layer != "auto" else layer), rules).stats
     report = evaluate_rules([rules], features, out / "report.json", by=by, split="heldout", progress=True)
     print(f"\nmodel {report['model'] or '?'}, layer {report['layer']}, held-out split ({report['n_documents']} documents)")
     print(f"{'rule':<16} {'group':<8} {'k':>2} {'eps':>7} {'BA':>6} {'flagged':>7} {'P':>6} {'R':>6} {'F1':>6} "

@@ -192,35 +192,38 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
 def mine_rules(config: PipelineConfig, store: str) -> StageResult:
     """Mine toxicity rules (firing-rate gap Δ, OR of the top features) from the labelled corpus' store, at
     `sae.layer` (never the top1-diff pick: the rules must be for the layer the config's SAE reads)."""
-    from qscope_data.rules.mine import MineOptions, mine_store
+    from qscope_data.rules.mine import MineInputs, MineOptions, run
 
     m = config.rules.mine if config.rules else None
     if m is None:
         raise UsageError("rules.mine is not configured")
-    out = layout(config).mined_rules
-    cfg = MineOptions.model_validate(m.model_dump(exclude={"corpus"}))
-    result = mine_store(store, cfg, out, layer=config.sae.layer)
+    options = MineOptions.model_validate(m.model_dump(exclude={"corpus"}))
+    result = run(options, MineInputs(Path(store), config.sae.layer), layout(config).mined_rules,
+                 progress=interactive())
+    rules, layer = result.stats["rules"], result.stats["layer"]
     lines = [f"- `{r['name']}` ({r['group'] or 'all'}): k={r['k']}, eps={r['eps']}, features {r['features']}"
-             for r in result["rules"]]
-    md = f"### rules mine\n\n{len(result['rules'])} rule(s) mined from `{store}` (layer {result['layer']}):\n\n" + "\n".join(lines) + "\n"
-    return StageResult("mine", {"mined_rules": str(out)}, {"layer": result["layer"], "rules": result["rules"]}, md)
+             for r in rules]
+    md = f"### rules mine\n\n{len(rules)} rule(s) mined from `{store}` (layer {layer}):\n\n" + "\n".join(lines) + "\n"
+    return StageResult("mine", {"mined_rules": str(result.outputs["rules"])}, {"layer": layer, "rules": rules}, md)
 
 
 def score_corpus(config: PipelineConfig, store: str, mined: str | None = None) -> StageResult:
     """Score every document of the store with the configured rule files (and the mined ones), at `sae.layer`
     (a store with several layers is scored where the config's SAE reads, as `qscope score --layer` does)."""
-    from qscope_data.rules.score import score_store
+    from qscope_data.rules.score import ScoreInputs, ScoreOptions, run
 
     if config.score is None:
         raise UsageError("score is not configured")
     files = list(config.rules.files if config.rules else []) + ([mined] if mined else [])
-    out = layout(config).scores(config.score.corpus)
-    summary = score_store(files, store, out, layer=config.sae.layer, batch_rows=config.score.batch_rows,
-                          progress=interactive())
-    rows = [f"| `{name}` | {r.get('action', '')} | {r.get('hits', '')} |" for name, r in summary["rules"].items()]
-    md = (f"### score `{config.score.corpus}`\n\n{summary['n_documents']:,} documents, {len(files)} rule file(s)\n\n"
+    options = ScoreOptions.model_validate(config.score.model_dump(exclude={"corpus"}))
+    inputs = ScoreInputs([Path(f) for f in files], Path(store), config.sae.layer)
+    result = run(options, inputs, layout(config).scores(config.score.corpus), progress=interactive())
+    stats = result.stats
+    rows = [f"| `{name}` | {r.get('action', '')} | {r.get('hits', '')} |" for name, r in stats["rules"].items()]
+    md = (f"### score `{config.score.corpus}`\n\n{stats['n_documents']:,} documents, {len(files)} rule file(s)\n\n"
           "| rule | action | hits |\n|---|---|---|\n" + "\n".join(rows) + "\n")
-    return StageResult("score", {"scores": str(out)}, {k: summary[k] for k in ("n_documents", "rules", "layer")}, md)
+    return StageResult("score", {"scores": str(result.outputs["scores"])},
+                       {k: stats[k] for k in ("n_documents", "rules", "layer")}, md)
 
 
 def select_inventory(config: PipelineConfig, store: str) -> StageResult:

@@ -158,14 +158,14 @@ def test_synthetic_samples_meet_the_same_drop_rules(case):
 @pytest.mark.parametrize("n", [600, 5000])
 def test_a_flat_or_of_many_terms_parses_and_scores(tmp_path, n):
     from qscope_data.rules.parser import parse
-    from qscope_data.rules.score import score_store
+    from qscope_data.rules.score import ScoreInputs, ScoreOptions, run
 
     when = " or ".join(f"fires(f{i % 500})" for i in range(n))
     assert parse(when) is not None  # no RecursionError
     root = _split_store(tmp_path)
     rules = tmp_path / "many.yaml"
     rules.write_text(f"rules:\n  - name: many\n    when: '{when}'\n")
-    summary = score_store([rules], root, tmp_path / "out", progress=False)
+    summary = run(ScoreOptions(), ScoreInputs([rules], root), tmp_path / "out", progress=False).stats
     assert summary["rules"]["many"]["hits"] == 60
 
 

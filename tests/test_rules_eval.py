@@ -14,9 +14,11 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_
 from qscope_data.errors import UsageError
 from qscope_data.rules import split as splits
 from qscope_data.rules.evaluate import evaluate_rules
-from qscope_data.rules.mine import MineOptions, mine_store
+from qscope_data.rules.mine import MineInputs, MineOptions
+from qscope_data.rules.mine import run as mine
 from qscope_data.rules.rulefile import load_rule_file
-from qscope_data.rules.score import score_store
+from qscope_data.rules.score import ScoreInputs, ScoreOptions
+from qscope_data.rules.score import run as score
 
 from rules_stores import labelled_store
 
@@ -26,7 +28,7 @@ def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     store = labelled_store(root / "store", n=1200, seed=4)
     rules = root / "tox.yaml"
-    mine_store(store.root, MineOptions(by="lang", name="toxic", top=5, seed=3, heldout_fraction=0.3), rules)
+    mine(MineOptions(by="lang", name="toxic", top=5, seed=3, heldout_fraction=0.3), MineInputs(store.root), rules)
     report = evaluate_rules([rules], store.root, root / "report" / "report.json", label_field="label", by="lang",
                             split="heldout", fractions=(0.2, 0.6, 1.0), progress=False)
     return root, store, rules, report
@@ -40,7 +42,7 @@ def _sk(y, pred) -> dict:
 
 def test_metrics_equal_sklearn_on_score_predictions(evaluated):
     root, store, rules, report = evaluated
-    score_store([rules], store.root, root / "scores", progress=False)
+    score(ScoreOptions(), ScoreInputs([rules], store.root), root / "scores", progress=False)
     scores = pl.read_parquet(root / "scores" / "scores.parquet").join(store.read().select("doc_id", "label"), on="doc_id")
     meta = load_rule_file(rules).model.metadata["split"]
     held = scores.filter(splits.assign(scores["doc_id"], meta["seed"], meta["heldout_fraction"], meta["validation_fraction"]) == splits.HELDOUT)
@@ -69,7 +71,7 @@ def test_transfer_matrix_applies_each_rule_to_every_language(evaluated, tmp_path
     de_rule = next(r for r in data["rules"] if r["name"] == "toxic_de")
     bare = tmp_path / "bare.yaml"
     bare.write_text(yaml.safe_dump({"rules": [{"name": "de_anywhere", "when": de_rule["when"]}]}))
-    score_store([bare], store.root, tmp_path / "out", progress=False)
+    score(ScoreOptions(), ScoreInputs([bare], store.root), tmp_path / "out", progress=False)
     scores = pl.read_parquet(tmp_path / "out" / "scores.parquet").join(store.read().select("doc_id", "label"), on="doc_id")
     held = scores.filter(splits.assign(scores["doc_id"], 3, 0.3, 0.25) == splits.HELDOUT).filter(pl.col("lang") == "en")
     want = f1_score(held["label"].to_numpy() == 1, held["de_anywhere"].to_numpy(), zero_division=0)

@@ -11,7 +11,7 @@ import yaml
 
 from qscope_data.errors import UsageError
 from qscope_data.rules import split as splits
-from qscope_data.rules.mine import MineOptions, mine_store
+from qscope_data.rules.mine import MineInputs, MineOptions, run
 from qscope_data.rules.parser import Name, walk
 from qscope_data.rules.rulefile import load_rule_file
 from qscope_data.store import SAEInfo, StoreManifest, write_store
@@ -45,7 +45,7 @@ def mined(tmp_path_factory):
     root = tmp_path_factory.mktemp("mine")
     store = labelled_store(root / "store", n=1500)
     out = root / "tox.yaml"
-    result = mine_store(store.root, MineOptions(by="lang", name="toxic", top=6, seed=7), out)
+    result = run(MineOptions(by="lang", name="toxic", top=6, seed=7), MineInputs(store.root), out).stats
     return store, out, result
 
 
@@ -106,14 +106,14 @@ def test_heldout_labels_do_not_change_the_rules(mined, tmp_path):
     flipped = docs.with_columns(pl.when(held).then(1 - pl.col("label")).otherwise(pl.col("label")).alias("label"))
     manifest = StoreManifest(model={"id": "planted-test"}, saes=[SAEInfo(layer=6, k=16, d_sae=512, d_model=8)])
     write_store(tmp_path / "flipped", {6: flipped}, manifest)
-    mine_store(tmp_path / "flipped", MineOptions(by="lang", name="toxic", top=6, seed=7), tmp_path / "again.yaml")
+    run(MineOptions(by="lang", name="toxic", top=6, seed=7), MineInputs(tmp_path / "flipped"), tmp_path / "again.yaml")
     assert yaml.safe_load((tmp_path / "again.yaml").read_text())["rules"] == yaml.safe_load(out.read_text())["rules"]
 
 
 def test_fraction_mines_on_less_data(mined, tmp_path):
     store, out, _ = mined
     full = load_rule_file(out).rules[-1].model.metadata["discovery"]
-    mine_store(store.root, MineOptions(by="lang", name="toxic", top=6, seed=7, fraction=0.3), tmp_path / "small.yaml")
+    run(MineOptions(by="lang", name="toxic", top=6, seed=7, fraction=0.3), MineInputs(store.root), tmp_path / "small.yaml")
     small = load_rule_file(tmp_path / "small.yaml").rules[-1].model.metadata["discovery"]
     total_full, total_small = full["positive"] + full["negative"], small["positive"] + small["negative"]
     assert 0.2 * total_full < total_small < 0.4 * total_full
@@ -121,7 +121,7 @@ def test_fraction_mines_on_less_data(mined, tmp_path):
 
 def test_top1_diff_selects_the_layer_with_the_strongest_feature(tmp_path):
     store = labelled_store(tmp_path / "store", n=900, layers={3: 0.25, 6: 1.0, 9: 0.5})
-    result = mine_store(store.root, MineOptions(name="tox", seed=1), tmp_path / "auto.yaml")  # several layers → auto
+    result = run(MineOptions(name="tox", seed=1), MineInputs(store.root), tmp_path / "auto.yaml").stats  # several layers → auto
     report = result["layer_selection"]
     assert result["layer"] == 6 and report["chosen"] == 6
     docs = store.read(layer=6)
@@ -132,18 +132,18 @@ def test_top1_diff_selects_the_layer_with_the_strongest_feature(tmp_path):
     loaded = load_rule_file(tmp_path / "auto.yaml")
     assert loaded.header.layer == 6 and loaded.model.metadata["layer_selection"]["chosen"] == 6
     assert [r.name for r in loaded.rules] == ["tox"]  # no --by: one rule
-    fixed = mine_store(store.root, MineOptions(name="tox", seed=1), tmp_path / "l3.yaml", layer=3)
+    fixed = run(MineOptions(name="tox", seed=1), MineInputs(store.root, 3), tmp_path / "l3.yaml").stats
     assert fixed["layer"] == 3 and fixed["layer_selection"] is None
 
 
 def test_bad_labels_are_usage_errors(tmp_path):
     store = labelled_store(tmp_path / "store", n=60)
     with pytest.raises(UsageError, match="no positive documents"):
-        mine_store(store.root, MineOptions(positive="yes"), tmp_path / "x.yaml")
+        run(MineOptions(positive="yes"), MineInputs(store.root), tmp_path / "x.yaml")
     with pytest.raises(UsageError, match="--label-field 'toxic'"):
-        mine_store(store.root, MineOptions(label_field="toxic"), tmp_path / "x.yaml")
+        run(MineOptions(label_field="toxic"), MineInputs(store.root), tmp_path / "x.yaml")
     with pytest.raises(UsageError, match="--by 'langs'"):
-        mine_store(store.root, MineOptions(by="langs"), tmp_path / "x.yaml")
+        run(MineOptions(by="langs"), MineInputs(store.root), tmp_path / "x.yaml")
     assert not (tmp_path / "x.yaml").exists()
 
 
@@ -152,8 +152,8 @@ def test_labels_as_strings_and_bools(tmp_path):
     manifest = StoreManifest(saes=[SAEInfo(layer=0, k=16, d_sae=512, d_model=8)])
     as_text = docs.with_columns(pl.when(pl.col("label") == 1).then(pl.lit("toxic")).otherwise(pl.lit("clean")).alias("label"))
     write_store(tmp_path / "text", {0: as_text}, manifest)
-    r1 = mine_store(tmp_path / "text", MineOptions(positive="toxic"), tmp_path / "a.yaml")
+    r1 = run(MineOptions(positive="toxic"), MineInputs(tmp_path / "text"), tmp_path / "a.yaml").stats
     as_bool = docs.with_columns((pl.col("label") == 1).alias("label"))
     write_store(tmp_path / "bool", {0: as_bool}, manifest)
-    r2 = mine_store(tmp_path / "bool", MineOptions(positive="true"), tmp_path / "b.yaml")
+    r2 = run(MineOptions(positive="true"), MineInputs(tmp_path / "bool"), tmp_path / "b.yaml").stats
     assert r1["rules"][0]["features"] == r2["rules"][0]["features"]

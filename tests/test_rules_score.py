@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from qscope_data.errors import UsageError
 from qscope_data.rules.parser import parse, render
-from qscope_data.rules.score import score_store
+from qscope_data.rules.score import ScoreInputs, ScoreOptions, run
 from qscope_data.store import SAEInfo, StoreManifest, write_store
 
 from rules_interpreter import FEATURE_NAMES, LANGS, Row, bool_exprs, interpret, num_exprs
@@ -79,7 +79,7 @@ def test_score_equals_python_interpreter(docs, specs, batch_rows):
                 rule["languages"] = langs
             rules.append(rule)
         (root / "r.yaml").write_text(yaml.safe_dump({"features": FEATURE_NAMES, "rules": rules}))
-        summary = score_store([root / "r.yaml"], root / "store", root / "out", batch_rows=batch_rows, progress=False)
+        summary = run(ScoreOptions(batch_rows=batch_rows), ScoreInputs([root / "r.yaml"], root / "store"), root / "out", progress=False).stats
         out = pl.read_parquet(root / "out" / "scores.parquet")
 
         assert out["doc_id"].to_list() == [d["doc_id"] for d in docs]
@@ -128,7 +128,7 @@ def test_outputs_and_summary(tmp_path):
         "  - {name: web_only, when: 'source == \"web\"', action: keep}\n"
         "  - {name: en_insult, when: 'fires(insult)', languages: [en], score: 'rate(insult)', action: flag}\n"
     )
-    summary = score_store([rules], store, tmp_path / "out", progress=False)
+    summary = run(ScoreOptions(), ScoreInputs([rules], store), tmp_path / "out", progress=False).stats
     out = pl.read_parquet(tmp_path / "out" / "scores.parquet")
     assert out.columns == ["doc_id", "lang", "toxic", "toxic_score", "web_only", "en_insult", "en_insult_score"]
     assert out["toxic"].to_list() == [True, True, False]
@@ -168,7 +168,7 @@ def test_rule_errors_come_before_reading_data(tmp_path):
         rules = tmp_path / "bad.yaml"
         rules.write_text(yaml.safe_dump({"rules": [{"name": "x", "when": when}]}))
         with pytest.raises(UsageError) as exc:
-            score_store([rules], store, tmp_path / "out", progress=False)
+            run(ScoreOptions(), ScoreInputs([rules], store), tmp_path / "out", progress=False)
         assert needle in str(exc.value), (when, str(exc.value))
         assert "bad.yaml:" in str(exc.value) and "rule 'x'" in str(exc.value)
     with pytest.raises(Exception):  # the store really is unreadable
@@ -180,15 +180,15 @@ def test_header_d_sae_must_match_store_and_layers(tmp_path):
     rules = tmp_path / "r.yaml"
     rules.write_text("sae: {d_sae: 32768}\nrules:\n  - {name: x, when: 'fires(f1)'}\n")
     with pytest.raises(UsageError, match="different SAE"):
-        score_store([rules], store, tmp_path / "out", progress=False)
+        run(ScoreOptions(), ScoreInputs([rules], store), tmp_path / "out", progress=False)
     rules.write_text("sae: {layer: 5}\nrules:\n  - {name: x, when: 'fires(f1)'}\n")
     with pytest.raises(UsageError, match="layer 5"):
-        score_store([rules], store, tmp_path / "out", progress=False)
+        run(ScoreOptions(), ScoreInputs([rules], store), tmp_path / "out", progress=False)
     rules.write_text("rules:\n  - {name: x, when: 'fires(f1)', languages: [en]}\n")
     r2 = tmp_path / "r2.yaml"
     r2.write_text("rules:\n  - {name: x, when: 'fires(f2)'}\n")
     with pytest.raises(UsageError, match="name also used in"):
-        score_store([rules, r2], store, tmp_path / "out", progress=False)
+        run(ScoreOptions(), ScoreInputs([rules, r2], store), tmp_path / "out", progress=False)
 
 
 def test_languages_need_a_lang_column(tmp_path):
@@ -198,9 +198,9 @@ def test_languages_need_a_lang_column(tmp_path):
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - {name: x, when: 'fires(f1)', languages: [en]}\n")
     with pytest.raises(UsageError, match="no lang column"):
-        score_store([rules], tmp_path / "s", tmp_path / "out", progress=False)
+        run(ScoreOptions(), ScoreInputs([rules], tmp_path / "s"), tmp_path / "out", progress=False)
     rules.write_text("rules:\n  - {name: x, when: 'fires(f1)'}\n")
-    score_store([rules], tmp_path / "s", tmp_path / "out", progress=False)
+    run(ScoreOptions(), ScoreInputs([rules], tmp_path / "s"), tmp_path / "out", progress=False)
     out = pl.read_parquet(tmp_path / "out" / "scores.parquet")
     assert out.columns == ["doc_id", "x"] and out["x"].to_list() == [True]
 
@@ -212,7 +212,7 @@ def test_constant_expressions_score_on_empty_and_small_stores(tmp_path, docs):
     write_random_store(tmp_path / "store", docs)
     rules = [{"name": "c", "when": "not (0 in [0])", "action": "flag"}, {"name": "d", "when": "1 < 2", "score": "3", "action": "flag"}]
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"features": FEATURE_NAMES, "rules": rules}))
-    score_store([tmp_path / "r.yaml"], tmp_path / "store", tmp_path / "out", progress=False)
+    run(ScoreOptions(), ScoreInputs([tmp_path / "r.yaml"], tmp_path / "store"), tmp_path / "out", progress=False)
     out = pl.read_parquet(tmp_path / "out" / "scores.parquet")
     assert out.height == len(docs)
     assert out["c"].to_list() == [False] * len(docs) and out["d"].to_list() == [True] * len(docs)

@@ -169,7 +169,8 @@ def test_synth(tiny_model_dir, tmp_path):
         assert ours[key] == theirs[key], key
 
 
-@pytest.mark.parametrize("module", ["qscope_data.coverage.inventory", "qscope_data.coverage.gaps", "qscope_data.encode"])
+@pytest.mark.parametrize("module", ["qscope_data.encode", "qscope_data.rules.mine", "qscope_data.rules.score",
+                                    "qscope_data.coverage.inventory", "qscope_data.coverage.gaps"])
 def test_the_common_entry_point_form(module):
     """Stages moved to the common form have one `run(options, inputs, out, *, progress=None, …) -> Result`: how a run
     behaves beyond that (where it executes, whether it starts over) is keyword-only and defaulted."""

@@ -17,7 +17,7 @@ from qscope_data.coverage.inventory import InventoryOptions, select_features
 from qscope_data.curate.curate import CurateJob, CurateOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.rules.mine import MineOptions
-from qscope_data.rules.score import ScoreOptions, score_store
+from qscope_data.rules.score import ScoreOptions, evaluate_store
 from qscope_data.synth.nearcopy import NearCopyOptions
 from qscope_data.synth.options import SynthConfig, SynthOptions
 
@@ -135,7 +135,7 @@ def test_mine_section_is_the_mine_options():
 @pytest.mark.parametrize("function, model, renamed", [
     (select_features, InventoryOptions, {"n_examples": "examples"}),
     (compute_gaps, GapsOptions, {"n_examples": "examples"}),
-    (score_store, ScoreOptions, {}),
+    (evaluate_store, ScoreOptions, {}),
 ])
 def test_library_keyword_defaults_are_the_options_models(function, model, renamed):
     defaults = model()

@@ -39,12 +39,13 @@ def score(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score every document of a store with rule files: one boolean column per rule, `<rule>_score`, hit counts."""
-    from qscope_data.rules.score import score_store
+    from qscope_data.rules.score import ScoreInputs, run
 
-    summary = score_store(rules, features, out, layer=layer, batch_rows=batch_rows, progress=progress)
-    print(f"scored {summary['n_documents']:,} documents with {len(summary['rules'])} rules "
-          f"({summary['docs_per_s'] or 0:,.0f} docs/s) → {out}")
-    for name, r in summary["rules"].items():
+    stats = run(ScoreOptions(batch_rows=batch_rows), ScoreInputs(list(rules), features, layer), out,
+                progress=progress).stats
+    print(f"scored {stats['n_documents']:,} documents with {len(stats['rules'])} rules "
+          f"({stats['docs_per_s'] or 0:,.0f} docs/s) → {out}")
+    for name, r in stats["rules"].items():
         by = r.get("hits_by_lang")
         by_text = "  " + ", ".join(f"{k}: {v}" for k, v in by.items()) if by else ""
         print(f"  {name:<24} {r['action']:<5} {r['hits']:>9,} hits{by_text}")
@@ -68,15 +69,15 @@ def mine(
     criterion: str = option(MineOptions, "criterion", "--criterion", help="What chooses ε and the rule size: balanced_accuracy | f1."),
 ) -> None:
     """Mine OR-rules over the features whose firing rate differs most between positives and negatives."""
-    from qscope_data.rules.mine import MineOptions, mine_store
     from qscope_data.errors import UsageError
+    from qscope_data.rules.mine import MineInputs, run
 
     if action not in ("drop", "flag", "keep"):
         raise UsageError(f"--action {action!r}: choose drop, flag or keep")
     cfg = MineOptions(label_field=label_field, positive=positive, by=by, top=top, fraction=fraction, seed=seed,
                      heldout_fraction=heldout, validation_fraction=validation, name=name, action=action,
                      criterion=criterion)  # a bad value: one line (cli.main)
-    result = mine_store(features, cfg, out, layer=_layer(layer))
+    result = run(cfg, MineInputs(features, _layer(layer)), out).stats
     if result["layer_selection"]:
         print(f"layer {result['layer']} chosen by top1-diff:")
         for lay, entry in result["layer_selection"]["layers"].items():
@@ -103,7 +104,7 @@ def select_layer_cmd(
     heldout: float = option(MineOptions, "heldout_fraction", "--heldout"),
 ) -> None:
     """Report each layer's best feature Δ and the layer the top1-diff proxy picks (as JSON)."""
-    from qscope_data.rules.mine import MineOptions, select_layer
+    from qscope_data.rules.mine import select_layer
     from qscope_data.store import FeatureStore
 
     cfg = MineOptions(label_field=label_field, positive=positive, by=by, seed=seed, heldout_fraction=heldout)

@@ -27,9 +27,10 @@ from pydantic import BaseModel, Field
 
 from qscope_data import atomic
 from qscope_data.errors import UsageError
+from qscope_data.result import Result, status
 from qscope_data.rules import split as splits
 from qscope_data.rules.compile import compile_rules, feature_matrix
-from qscope_data.rules.rulefile import IDENT, load_rule_file
+from qscope_data.rules.rulefile import IDENT, LoadedRuleFile, load_rule_file
 from qscope_data.store import FeatureStore
 
 EPS_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -407,21 +408,34 @@ def render_rule_file(rules: list[MinedRule], header: dict[str, Any], metadata: d
     return "\n".join(out) + "\n"
 
 
-def mine_store(
-    store_path: str | Path, cfg: MineOptions, out: str | Path, *, layer: int | str | None = None
-) -> dict[str, Any]:
-    """Mine rules from a store and write them to `out` (atomically, after checking they compile against the store)."""
-    store = FeatureStore(store_path)
+@dataclass(frozen=True)
+class MineInputs:
+    """What mining reads: a labelled store and its SAE layer — a number, "auto" (top1-diff, `select_layer`), or
+    None (the store's only layer; top1-diff when it holds several)."""
+
+    store: Path
+    layer: int | Literal["auto"] | None = None
+
+
+def run(options: MineOptions, inputs: MineInputs, out: str | Path, *,
+        progress: bool | None = None) -> Result[LoadedRuleFile]:
+    """The mining stage (`qscope rules mine`, the pipeline's `mine`): rules mined from the store, written to `out`
+    (atomically, after checking they compile against the store) and returned as `load_rule_file` reads them.
+    Stats: the layer, per rule its name, group, k, ε, used features, best Δ and selection metrics, the notes, and
+    the top1-diff report when the layer was chosen that way. `progress`: a status line on stderr while it mines."""
+    cfg, layer = options, inputs.layer
+    store = FeatureStore(inputs.store)
     if cfg.name and not IDENT.match(cfg.name):
         raise UsageError(f"--name {cfg.name!r} must be an identifier")
-    layer_report = None
-    if layer == "auto" or (layer is None and len(store.layers) > 1):
-        layer_report = select_layer(store, cfg)
-        chosen = int(layer_report["chosen"])
-    else:
-        chosen = store.resolve_layer(int(layer) if layer is not None else None)
-    df = load_labelled(store, chosen, cfg)
-    rules, notes = mine_frame(df, cfg)
+    with status(progress, f"mining rules from {inputs.store}…"):
+        layer_report = None
+        if layer == "auto" or (layer is None and len(store.layers) > 1):
+            layer_report = select_layer(store, cfg)
+            chosen = int(layer_report["chosen"])
+        else:
+            chosen = store.resolve_layer(int(layer) if layer is not None else None)
+        df = load_labelled(store, chosen, cfg)
+        rules, notes = mine_frame(df, cfg)
     if not rules:
         raise UsageError(f"{store.root}: nothing to mine: " + "; ".join(notes))
     sae = store.manifest.sae(chosen)
@@ -429,7 +443,7 @@ def mine_store(
     counts = df.group_by("split").len().sort("split")
     metadata: dict[str, Any] = {
         "kind": "qscope-mined-rules",
-        "store": str(Path(store_path)),
+        "store": str(Path(inputs.store)),
         "store_manifest_sha256": store.manifest_hash(),
         "model": store.manifest.model.get("id", ""),
         "config": cfg.model_dump(),
@@ -448,9 +462,10 @@ def mine_store(
             compile_rules([load_rule_file(tmp)], store.scan(chosen).collect_schema(), store_d_sae=sae.d_sae)
         except UsageError as exc:  # pragma: no cover - a bug in the writer, not in the user's input
             raise RuntimeError(f"mined rule file does not compile: {exc}") from exc
-    return {
-        "out": str(out), "layer": chosen, "rules": [
+    stats = {
+        "layer": chosen, "rules": [
             {"name": r.name, "group": r.group, "k": r.k, "eps": r.eps, "features": [f.id for f in r.used],
              "top_delta": r.features[0].delta, "selection": r.selection} for r in rules
         ], "notes": notes, "layer_selection": layer_report,
     }
+    return Result(load_rule_file(out), {"rules": out}, stats)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data import atomic
 from qscope_data.errors import DataError, UsageError
+from qscope_data.progress import Bar
+from qscope_data.result import Result, interactive
 from qscope_data.rules.compile import RuleProgram, compile_rules
 from qscope_data.rules.rulefile import LoadedRuleFile, load_rule_files
 from qscope_data.store import FeatureStore
@@ -62,83 +64,24 @@ def prepare(store: FeatureStore, rule_paths: list[str | Path], layer: int | None
     return files, layer, program
 
 
-def scan_batches(lf: pl.LazyFrame, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
-    """Row batches of a store scan (projected to `columns`); slices push down to the Parquet reader, and the next
-    batch is read in a background thread while the caller works on the current one (polars releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    n = count_rows(lf)
-    projected = lf.select(columns)
-    starts = list(range(0, n, batch_rows))
-    if not starts:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qscope-read") as pool:
-        pending = pool.submit(projected.slice(starts[0], batch_rows).collect)
-        for i in range(len(starts)):
-            batch = pending.result()
-            if i + 1 < len(starts):
-                pending = pool.submit(projected.slice(starts[i + 1], batch_rows).collect)
-            yield batch
-
-
-def count_rows(lf: pl.LazyFrame) -> int:
-    return int(lf.select(pl.len()).collect().item())
-
-
-class _Bar:
-    """Rich progress on stderr (documents, rate, ETA); a no-op when disabled."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} docs/s"), TimeRemainingColumn(), console=Console(stderr=True),
-        )
-        self.task = self.progress.add_task(label, total=total, rate="-")
-        self.start = time.perf_counter()
-
-    def __enter__(self) -> "_Bar":
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def advance(self, n: int, done: int) -> None:
-        if self.enabled:
-            rate = done / max(time.perf_counter() - self.start, 1e-9)
-            self.progress.update(self.task, advance=n, rate=f"{rate:,.0f}")
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)
-
-
 def evaluate_store(
     store: FeatureStore, program: RuleProgram, layer: int, *, batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool = False, apply_languages: bool = True, extra_columns: list[str] | None = None,
 ) -> pl.DataFrame:
     """Rule outcomes for every document of a layer (batched; memory bounded by batch_rows × referenced features)."""
-    lf = store.scan(layer)
     outputs = set(program.output_columns())
     extra = [c for c in dict.fromkeys(extra_columns or []) if c not in outputs]
     columns = program.read_columns + [c for c in extra if c not in program.read_columns]
-    total = count_rows(lf)
     parts: list[pl.DataFrame] = []
-    done = 0
-    with _Bar(total, "score", progress) as bar:
-        for batch in scan_batches(lf, columns, batch_rows):
+    with Bar("score", store.manifest.n_documents, enabled=progress, unit="docs") as bar:
+        for batch in store.batches(layer, columns, batch_rows=batch_rows):
             out = program.evaluate(batch, apply_languages=apply_languages)
             if extra:
                 out = out.with_columns(batch.select(extra))
             parts.append(out)
-            done += batch.height
-            bar.advance(batch.height, done)
+            bar.advance(batch.height)
     if not parts:  # an empty store still yields every output column, typed
-        empty = lf.select(columns).head(0).collect()
+        empty = store.scan(layer, columns).head(0).collect()
         out = program.evaluate(empty, apply_languages=apply_languages)
         return out.with_columns(empty.select(extra)) if extra else out
     return pl.concat(parts, how="vertical")
@@ -177,23 +120,34 @@ def hit_summary(scores: pl.DataFrame, program: RuleProgram) -> dict[str, Any]:
     return {"n_documents": scores.height, "documents_by_lang": docs_by_lang, "rules": rules}
 
 
-def score_store(
-    rule_paths: list[str | Path], store_path: str | Path, out_dir: str | Path, *, layer: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS, progress: bool = True,
-) -> dict[str, Any]:
-    """Score every document of the store with every rule; write DIR/scores.parquet and DIR/summary.json atomically."""
-    if not rule_paths:
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What scoring reads: the rule files, the feature store and its SAE layer (default: the rule files' header,
+    else the store's first)."""
+
+    rules: list[Path]
+    store: Path
+    layer: int | None = None
+
+
+def run(options: ScoreOptions, inputs: ScoreInputs, out: str | Path, *,
+        progress: bool | None = None) -> Result[Scores]:
+    """The score stage (`qscope score`, the pipeline's `score`): every document of the store scored with every rule,
+    written atomically into `out` as scores.parquet + summary.json and returned as `load_scores` reads them.
+    Stats: summary.json's content (documents, layer, per-rule action and hits, provenance, timing).
+    `progress`: a bar on stderr."""
+    if not inputs.rules:
         raise UsageError("give at least one --rules file")
-    store = FeatureStore(store_path)
-    files, layer, program = prepare(store, rule_paths, layer)
+    store = FeatureStore(inputs.store)
+    files, layer, program = prepare(store, list(inputs.rules), inputs.layer)
     start = time.perf_counter()
-    scores = evaluate_store(store, program, layer, batch_rows=batch_rows, progress=progress)
+    scores = evaluate_store(store, program, layer, batch_rows=options.batch_rows, progress=interactive(progress))
     elapsed = time.perf_counter() - start
-    out = Path(out_dir)
+    out = Path(out)
     atomic.write_parquet(out / SCORES, scores.select(program.output_columns()).to_arrow())
     summary = {
         "kind": "qscope-scores",
-        "store": str(Path(store_path)),
+        "store": str(Path(inputs.store)),
         "store_manifest_sha256": store.manifest_hash(),
         "layer": layer,
         "d_sae": store.manifest.sae(layer).d_sae,
@@ -204,13 +158,13 @@ def score_store(
         "docs_per_s": round(scores.height / elapsed, 1) if elapsed > 0 else None,
     }
     atomic.write_json(out / SUMMARY, summary)
-    return summary
+    return Result(load_scores(out), {"scores": out, SCORES: out / SCORES, SUMMARY: out / SUMMARY}, summary)
 
 
 # -- the reader (what curate uses) -------------------------------------------------------------------------------
 # DIR/scores.parquet: doc_id, one boolean column per rule (null counts as not hit), optional <rule>_score floats and
 # lang. DIR/summary.json: {"rules": {name: {"action": drop|flag|keep, "hits": …}}, "store_manifest_sha256": …,
-# "rule_files": …}; rule_files may be a list of {path, sha256} (what score_store writes) or a {path: sha256} mapping.
+# "rule_files": …}; rule_files may be a list of {path, sha256} (what `run` writes) or a {path: sha256} mapping.
 # Every mismatch is a `DataError` (exit 2).
 
 ACTIONS = ("drop", "flag", "keep")
