@@ -169,7 +169,8 @@ def test_synth(tiny_model_dir, tmp_path):
         assert ours[key] == theirs[key], key
 
 
-@pytest.mark.parametrize("module", ["qscope_data.coverage.inventory", "qscope_data.coverage.gaps"])
+@pytest.mark.parametrize("module", ["qscope_data.coverage.inventory", "qscope_data.coverage.gaps",
+                                    "qscope_data.curate.curate", "qscope_data.synth.synthesize"])
 def test_the_common_entry_point_form(module):
     """Stages moved to the common form have one `run(options, inputs, out, *, progress=None) -> Result`."""
     import importlib
