@@ -267,22 +267,22 @@ def synthesize_gaps(config: PipelineConfig, gaps_dir: str, inventory: str | None
     a Ray task holding the encoder actors' GPUs (`executors.placement`), never in the driver."""
     from qscope_data.coverage.report import GAPS_JSON
     from qscope_data.executors.placement import ray_options, run_placed
-    from qscope_data.synth.options import SynthConfig
-    from qscope_data.synth.synthesize import run_synth
+    from qscope_data.synth.options import SynthInputs
+    from qscope_data.synth.synthesize import run
 
     s = config.synth
     if s is None:
         raise UsageError("synth is not configured")
     out = layout(config).synth
-    cfg = SynthConfig(
-        **s.model_dump(), gaps=Path(gaps_dir) / GAPS_JSON, model=config.model.id, sae=config.sae.path, out=out,
-        layer=config.sae.layer, inventory=Path(inventory) if inventory else None, device=config.model.device,
-        dtype=config.model.dtype, sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True,
-        **baseline_pool(config),
+    inputs = SynthInputs(
+        gaps=Path(gaps_dir) / GAPS_JSON, model=config.model.id, sae=config.sae.path, layer=config.sae.layer,
+        inventory=Path(inventory) if inventory else None, device=config.model.device, dtype=config.model.dtype,
+        sae_k=config.sae.k, batch_size=config.encode.batch_size, overwrite=True, **baseline_pool(config),
     )
     where = executor or config.encode.executor
-    summary, placement = run_placed(run_synth, cfg, progress=interactive() and where == "local", executor=where,
-                                    ray=ray_options(config))
+    result, placement = run_placed(run, s, inputs, out, progress=interactive() and where == "local", executor=where,
+                                   ray=ray_options(config))
+    summary = result.artifact
     t, cov = summary.totals, summary.coverage
 
     def pct(part: dict) -> str:
@@ -322,21 +322,20 @@ def _without_lists(comp: dict) -> dict:
 
 def curate_corpus(config: PipelineConfig, store: str, scores: str | None = None, synth: str | None = None) -> StageResult:
     """Curated SFT shards with provenance: drops by rule, dedup, quotas, synthetic samples mixed in."""
-    from qscope_data.curate.curate import CurateJob, curate
+    from qscope_data.curate.curate import CurateInputs, CurateOptions, run
 
     c = config.curate
     if c is None:
         raise UsageError("curate is not configured")
     corpus = config.corpora[c.corpus]
     out = layout(config).curated
-    settings = c.model_dump(exclude={"corpus", "quotas"})
-    options = CurateJob(
-        **settings, quotas={fld: values for fld, values in c.quotas.items() if values}, inputs=corpus.input,
-        features=store, scores=scores, synth=[synth] if synth else [], out=str(out), text_field=corpus.text_field,
-        id_field=corpus.id_field, name=config.name, overwrite=True,
-    )
-    result = curate(options, progress=interactive())
-    counts = result.manifest.counts
+    options = CurateOptions.model_validate(
+        c.model_dump(exclude={"corpus", "quotas"}) | {"quotas": {fld: values for fld, values in c.quotas.items() if values}})
+    inputs = CurateInputs(inputs=list(corpus.input), features=Path(store), scores=Path(scores) if scores else None,
+                          synth=[Path(synth)] if synth else [], text_field=corpus.text_field, id_field=corpus.id_field,
+                          name=config.name, overwrite=True)
+    result = run(options, inputs, out, progress=interactive())
+    counts = result.artifact.counts
     md = f"### curate\n\n→ `{out}`\n\n```json\n{json.dumps(counts, indent=1, default=str)[:3000]}\n```\n"
     return StageResult("curate", {"curated": str(out)}, {"counts": counts}, md)
 

@@ -169,8 +169,12 @@ def test_synth(tiny_model_dir, tmp_path):
         assert ours[key] == theirs[key], key
 
 
-@pytest.mark.parametrize("module", ["qscope_data.encode", "qscope_data.rules.mine", "qscope_data.rules.score",
-                                    "qscope_data.coverage.inventory", "qscope_data.coverage.gaps"])
+# Every stage of the STAGES table, by the module that holds its entry point.
+STAGE_MODULES = ["qscope_data.encode", "qscope_data.rules.mine", "qscope_data.rules.score", "qscope_data.coverage.inventory",
+                 "qscope_data.coverage.gaps", "qscope_data.synth.synthesize", "qscope_data.curate.curate"]
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
 def test_the_common_entry_point_form(module):
     """Stages moved to the common form have one `run(options, inputs, out, *, progress=None, …) -> Result`: how a run
     behaves beyond that (where it executes, whether it starts over) is keyword-only and defaulted."""

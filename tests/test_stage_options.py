@@ -14,12 +14,13 @@ from qscope_data.cli import app
 from qscope_data.config import PipelineConfig
 from qscope_data.coverage.gaps import GapsOptions, compute_gaps
 from qscope_data.coverage.inventory import InventoryOptions, select_features
-from qscope_data.curate.curate import CurateJob, CurateOptions
+from qscope_data.cli.params import fields_of
+from qscope_data.curate.curate import CurateInputs, CurateOptions
 from qscope_data.encode_options import EncodeOptions, RayOptions
 from qscope_data.rules.mine import MineOptions
 from qscope_data.rules.score import ScoreOptions, evaluate_store
 from qscope_data.synth.nearcopy import NearCopyOptions
-from qscope_data.synth.options import SynthConfig, SynthOptions
+from qscope_data.synth.options import SynthInputs, SynthOptions
 
 # command path → its stage's options model; flag parameter names that differ from the field's name
 STAGE_COMMANDS = {
@@ -29,14 +30,17 @@ STAGE_COMMANDS = {
     ("rules", "select-layer"): MineOptions,
     ("features", "select"): InventoryOptions,
     ("gaps",): GapsOptions,
-    ("synth",): SynthConfig,  # the stage's options (SynthOptions) plus the run's files and verifying encoder
-    ("curate",): CurateJob,  # the stage's options (CurateOptions) plus what one run reads and writes
+    ("synth",): SynthOptions,
+    ("curate",): CurateOptions,
 }
 RENAMED = {"heldout": "heldout_fraction", "validation": "validation_fraction", "fmt": "format", "license_": "license",
            "near_dup": "near_duplicate_threshold", "benign": "benign_categories"}
-# options of a command that belong to a second model (the encode command's Ray executor flags, synth's near-copy ones)
-SECOND_MODEL = {("encode",): (RayOptions, {"ray_address": "address"}),
-                ("synth",): (NearCopyOptions, {"near_copy_jaccard": "jaccard", "near_copy_containment": "containment"})}
+# options of a command that belong to further models, looked up in order (the encode command's Ray executor flags;
+# synth's and curate's inputs, whose defaults are the flags' too; synth's near-copy flags), with their renames
+SECOND_MODEL = {("encode",): [(RayOptions, {"ray_address": "address"})],
+                ("synth",): [(SynthInputs, {}),
+                             (NearCopyOptions, {"near_copy_jaccard": "jaccard", "near_copy_containment": "containment"})],
+                ("curate",): [(CurateInputs, {})]}
 
 
 def _command(path: tuple[str, ...]) -> click.Command:
@@ -54,11 +58,12 @@ def _as_flag(value):
 def _field(path: tuple[str, ...], param: click.Parameter) -> tuple[type, str] | None:
     """The options model field with a default that a command's parameter sets (None: a parameter of the command
     alone, or a required field such as a path)."""
-    model, field = STAGE_COMMANDS[path], RENAMED.get(param.name, param.name)
-    if path in SECOND_MODEL and field not in model.model_fields:
-        model, renamed = SECOND_MODEL[path]
-        field = renamed.get(field, field)
-    return (model, field) if field in model.model_fields and not model.model_fields[field].is_required() else None
+    name = RENAMED.get(param.name, param.name)
+    for model, renamed in [(STAGE_COMMANDS[path], {}), *SECOND_MODEL.get(path, [])]:
+        field = renamed.get(name, name)
+        if field in fields_of(model):
+            return None if fields_of(model)[field].is_required() else (model, field)
+    return None
 
 
 @pytest.mark.parametrize("path", list(STAGE_COMMANDS), ids=" ".join)
@@ -68,7 +73,7 @@ def test_cli_defaults_are_the_options_models(path):
         if (found := _field(path, param)) is None:
             continue
         model, field = found
-        expected = model.model_fields[field].get_default(call_default_factory=True)
+        expected = fields_of(model)[field].get_default(call_default_factory=True)
         want = expected if getattr(param, "multiple", False) else _as_flag(expected)  # a repeatable flag: a list
         assert param.default == want, f"qscope {' '.join(path)} --{param.name}: {param.default!r} vs {model.__name__}.{field} = {expected!r}"
         compared += 1
@@ -104,7 +109,7 @@ def test_help_does_not_restate_a_default(path):
         if found is None or not text:
             continue
         model, field = found
-        default = _as_flag(model.model_fields[field].get_default(call_default_factory=True))
+        default = _as_flag(fields_of(model)[field].get_default(call_default_factory=True))
         if default is None or isinstance(default, bool) or default == "":
             continue
         restated = re.search(rf"default:?\s+{re.escape(str(default))}(?![\w.])", text)

@@ -18,7 +18,8 @@ from qscope_data.curate.dedup import jaccard, shingle_hashes
 from qscope_data.store import FeatureStore
 from qscope_data.synth.dedup import CandidateDedup
 from qscope_data.synth.requests import slot_id
-from qscope_data.synth.synthesize import SynthConfig, run_synth
+from qscope_data.synth.options import SynthInputs, SynthOptions
+from qscope_data.synth.synthesize import run as synthesize
 from synth_world import DEAD, LAYER, build_world, dead_row_check
 
 THRESHOLD = 0.05
@@ -37,10 +38,10 @@ def world(tiny_model_dir, tmp_path_factory):
 def run(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("synth-out") / "run"
     features = [*world.gap_features[:4], DEAD]
-    config = SynthConfig(gaps=world.gaps, model=str(world.model), sae=str(world.sae), out=out, per_feature=PER_FEATURE,
-                         threshold=THRESHOLD, max_attempts=ATTEMPTS, languages=["en", "fr", "zh"], features=features,
+    options = SynthOptions(per_feature=PER_FEATURE, threshold=THRESHOLD, max_attempts=ATTEMPTS, languages=["en", "fr", "zh"])
+    inputs = SynthInputs(gaps=world.gaps, model=str(world.model), sae=str(world.sae), features=features,
                          inventory=world.inventory)
-    summary = run_synth(config, progress=False)
+    summary = synthesize(options, inputs, out, progress=False).artifact
     return out, summary, features
 
 
@@ -153,10 +154,10 @@ def test_coverage_after_equals_rerunning_gaps_on_target_plus_accepted(world, run
 
 
 def test_verify_conversation_and_rerun_determinism(world, tmp_path):
-    kwargs = dict(gaps=world.gaps, model=str(world.model), sae=str(world.sae), per_feature=2, threshold=THRESHOLD,
-                  max_attempts=2, features=world.gap_features[:2], verify="conversation")
-    first = run_synth(SynthConfig(out=tmp_path / "a", **kwargs), progress=False)
-    second = run_synth(SynthConfig(out=tmp_path / "b", **kwargs), progress=False)
+    options = SynthOptions(per_feature=2, threshold=THRESHOLD, max_attempts=2, verify="conversation")
+    inputs = SynthInputs(gaps=world.gaps, model=str(world.model), sae=str(world.sae), features=world.gap_features[:2])
+    first = synthesize(options, inputs, tmp_path / "a", progress=False).artifact
+    second = synthesize(options, inputs, tmp_path / "b", progress=False).artifact
     assert (tmp_path / "a" / "accepted.jsonl").read_bytes() == (tmp_path / "b" / "accepted.jsonl").read_bytes()
     assert first.totals == second.totals and first.verify == "conversation"
     accepted = read_jsonl(tmp_path / "a" / "accepted.jsonl")

@@ -16,7 +16,8 @@ from qscope_data.synth import templates
 from qscope_data.synth.generators import HFChatGenerator, HFParams, OfflineGenerator, build_generator, parse_generator_spec
 from qscope_data.synth.requests import (GapTarget, Slot, plan_slots, prompt_request, response_request, rewrite_request,
                                         slot_id)
-from qscope_data.synth.synthesize import SynthConfig, run_synth
+from qscope_data.synth.options import SynthInputs, SynthOptions
+from qscope_data.synth.synthesize import run
 from qscope_data.testing import random_sae
 from synth_world import build_world
 
@@ -117,9 +118,10 @@ def test_hf_generator_steered_and_not_inside_a_synthesis_run(world, tmp_path):
 
     features = world.gap_features[:2]
     out = tmp_path / "hf"
-    summary = run_synth(SynthConfig(gaps=world.gaps, model=str(world.model), sae=str(world.sae), out=out,
-                                    generator=f"hf:{world.model}?max_new_tokens=16&steer_alpha=8&positions=generated",
-                                    per_feature=2, max_attempts=2, features=features), progress=False)
+    summary = run(SynthOptions(generator=f"hf:{world.model}?max_new_tokens=16&steer_alpha=8&positions=generated",
+                               per_feature=2, max_attempts=2),
+                  SynthInputs(gaps=world.gaps, model=str(world.model), sae=str(world.sae), features=features), out,
+                  progress=False).artifact
     rows = [json.loads(x) for name in ("accepted.jsonl", "rejected.jsonl") for x in (out / name).read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted(slot_id(f, i) for f in features for i in range(2))
     assert {r["generator"] for r in rows} == {f"hf:{world.model}+steer(α=8,generated)"}

@@ -21,7 +21,8 @@ import pytest
 from qscope_data.errors import UsageError
 from qscope_data.synth.generators import OpenAIGenerator, OpenAIParams, build_generator, parse_generator_spec
 from qscope_data.synth.requests import GapTarget, Slot, prompt_request, slot_id
-from qscope_data.synth.synthesize import SynthConfig, run_synth
+from qscope_data.synth.options import SynthInputs, SynthOptions
+from qscope_data.synth.synthesize import run
 from synth_world import DEAD, build_world
 
 KEY = "sk-qscope-test-7f3a9c51e2"
@@ -229,9 +230,10 @@ def test_synth_over_http_accounts_for_every_slot_and_never_writes_the_key(world,
     with ChatServer(script) as server:
         spec = (f"openai:{server.base_url}?model=tiny&key_env={KEY_ENV}&concurrency=4&timeout=0.4&max_retries=2"
                 "&backoff=0.01&max_backoff=0.1")
-        summary = run_synth(SynthConfig(gaps=world.gaps, model=str(world.model), sae=str(world.sae), out=out,
-                                        generator=spec, per_feature=2, max_attempts=2, features=features,
-                                        variants=["plain", "hypothetical"], languages=["en"]), progress=True)
+        summary = run(SynthOptions(generator=spec, per_feature=2, max_attempts=2, variants=["plain", "hypothetical"],
+                                   languages=["en"]),
+                      SynthInputs(gaps=world.gaps, model=str(world.model), sae=str(world.sae), features=features), out,
+                      progress=True).artifact
     accepted = [json.loads(x) for x in (out / "accepted.jsonl").read_text().splitlines()]
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     ids = [r["id"] for r in accepted] + [r["id"] for r in rejected]

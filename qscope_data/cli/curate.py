@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from qscope_data.cli.params import option
-from qscope_data.curate.curate import CurateJob, CurateOptions
+from qscope_data.curate.curate import CurateInputs, CurateOptions
 from qscope_data.outputs import folder_option
 
 manifest_app = typer.Typer(help="Check a curated dataset against its manifest.json.", no_args_is_help=True)
@@ -16,8 +16,8 @@ manifest_app = typer.Typer(help="Check a curated dataset against its manifest.js
 def curate(
     inputs: list[str] = typer.Option(..., "--input", help="Corpus the store was encoded from (JSONL / Parquet / glob / folder / dataset); repeat for several."),
     features: Path = typer.Option(..., "--features", help="Feature store of that corpus (from `qscope encode`)."),
-    scores: Path | None = option(CurateJob, "scores", "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
-    synth: list[Path] = option(CurateJob, "synth", "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
+    scores: Path | None = option(CurateInputs, "scores", "--scores", help="Scores folder (from `qscope score`): drop / flag actions."),
+    synth: list[Path] = option(CurateInputs, "synth", "--synth", help="Synthesis output folder (accepted.jsonl); repeat for several."),
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: data/, removed.parquet, manifest.json, README.md."),
     fmt: str = option(CurateOptions, "format", "--format", help="messages | prompt-completion | text (TRL SFT formats)."),
     text_role: str | None = option(CurateOptions, "text_role", "--text-role", help="Plain-text records in messages / prompt-completion become this turn: assistant."),
@@ -25,34 +25,34 @@ def curate(
     quota: list[str] = typer.Option([], "--quota", help="FIELD=VALUE:N[,VALUE:N…] (lang, category, source): keep the first N; repeatable."),
     dedup: bool = option(CurateOptions, "dedup", "--dedup/--no-dedup", help="Remove exact and near duplicates (on by default)."),
     near_dup_threshold: float = option(CurateOptions, "near_dup_threshold", "--near-dup-threshold", help="Word-5-gram Jaccard at or above which two documents are near duplicates."),
-    executor: str = option(CurateJob, "executor", "--executor", help="Where dedup runs: local (in process) or ray (Ray Data; same decisions)."),
+    executor: str = option(CurateInputs, "executor", "--executor", help="Where dedup runs: local (in process) or ray (Ray Data; same decisions)."),
     quarantine: bool = option(CurateOptions, "quarantine", "--quarantine", help="Route flagged rows to quarantine/ shards instead of train."),
     max_shard_rows: int = option(CurateOptions, "max_shard_rows", "--max-shard-rows", help="Rows per shard at most."),
     max_shard_bytes: int = option(CurateOptions, "max_shard_bytes", "--max-shard-bytes", help="Uncompressed (JSON) bytes per shard at most."),
     jsonl: bool = option(CurateOptions, "jsonl", "--jsonl", help="Also write each shard as JSONL beside the Parquet file."),
     license_: str = option(CurateOptions, "license", "--license", help="Licence field of the dataset card."),
-    name: str | None = option(CurateJob, "name", "--name", help="Dataset name on the card (default: the folder name)."),
-    text_field: str | None = option(CurateJob, "text_field", "--text-field", help="Text field (default: the store's encode setting)."),
-    id_field: str | None = option(CurateJob, "id_field", "--id-field", help="Id field (default: the store's encode setting)."),
-    split: str | None = option(CurateJob, "split", "--split", help="Split of a Hugging Face dataset input."),
-    overwrite: bool = option(CurateJob, "overwrite", "--overwrite", help="Replace a curated dataset already in --out."),
+    name: str | None = option(CurateInputs, "name", "--name", help="Dataset name on the card (default: the folder name)."),
+    text_field: str | None = option(CurateInputs, "text_field", "--text-field", help="Text field (default: the store's encode setting)."),
+    id_field: str | None = option(CurateInputs, "id_field", "--id-field", help="Id field (default: the store's encode setting)."),
+    split: str | None = option(CurateInputs, "split", "--split", help="Split of a Hugging Face dataset input."),
+    overwrite: bool = option(CurateInputs, "overwrite", "--overwrite", help="Replace a curated dataset already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Curated SFT shards: drop rule hits, keep flagged rows with their flags, dedup, quotas, synthetic mix-in."""
 
-    from qscope_data.curate.curate import curate as run_curate, parse_quotas
+    from qscope_data.curate.curate import parse_quotas, run
 
-    options = CurateJob(  # a bad value: one line naming the flag (cli.main)
-        inputs=inputs, features=str(features), scores=str(scores) if scores else None, synth=[str(s) for s in synth],
-        out=str(out), format=fmt, text_role=text_role, text_prompt=text_prompt, quotas=parse_quotas(quota), dedup=dedup,
-        near_dup_threshold=near_dup_threshold, executor=executor, quarantine=quarantine, max_shard_rows=max_shard_rows,
-        max_shard_bytes=max_shard_bytes, jsonl=jsonl, license=license_, name=name, text_field=text_field,
-        id_field=id_field, split=split, overwrite=overwrite,
+    options = CurateOptions(  # a bad value: one line naming the flag (cli.main)
+        format=fmt, text_role=text_role, text_prompt=text_prompt, quotas=parse_quotas(quota), dedup=dedup,
+        near_dup_threshold=near_dup_threshold, quarantine=quarantine, max_shard_rows=max_shard_rows,
+        max_shard_bytes=max_shard_bytes, jsonl=jsonl, license=license_,
     )
-    result = run_curate(options, progress=progress)
-    c = result.manifest.counts
-    shards = [e for e in result.manifest.shards if e.name.endswith(".parquet")]
-    print(f"curated {c['input_records']:,} input + {c['synthetic_records']:,} synthetic records in {result.seconds:.1f}s → {out}")
+    inputs = CurateInputs(inputs=inputs, features=features, scores=scores, synth=list(synth), text_field=text_field,
+                          id_field=id_field, split=split, executor=executor, name=name, overwrite=overwrite)
+    result = run(options, inputs, out, progress=progress)
+    c, shards = result.artifact.counts, [e for e in result.artifact.shards if e.name.endswith(".parquet")]
+    print(f"curated {c['input_records']:,} input + {c['synthetic_records']:,} synthetic records in "
+          f"{result.stats['seconds']:.1f}s → {out}")
     print(f"  kept {c['kept']:,} ({c['kept_synthetic']:,} synthetic) in {sum(e.split == 'train' for e in shards)} shard(s); "
           f"quarantined {c['quarantined']:,}; removed {c['removed']:,}")
     for reason, n in c["removed_by_reason"].items():

@@ -10,7 +10,7 @@ import typer
 from qscope_data.cli.params import option
 from qscope_data.outputs import folder_option
 from qscope_data.synth.nearcopy import NearCopyOptions
-from qscope_data.synth.options import SynthConfig, SynthOptions
+from qscope_data.synth.options import SynthInputs, SynthOptions
 
 from qscope_data.errors import UsageError
 
@@ -35,7 +35,7 @@ def synth(
     gaps: Path = typer.Option(..., "--gaps", help="gaps.json from `qscope gaps`."),
     model: str = typer.Option(..., "--model", help="Verifying model (folder or hub id): the one the gaps were measured with."),
     sae: str = typer.Option(..., "--sae", help="SAE folder, file or hub repo id."),
-    layer: int | None = option(SynthConfig, "layer", "--layer", help="SAE layer (default: the gap report's)."),
+    layer: int | None = option(SynthInputs, "layer", "--layer", help="SAE layer (default: the gap report's)."),
     generator: str = option(SynthOptions, "generator", "--generator",
                                   help="lm (the verifying model, few-shot) | lm:<model>[?steer_alpha=0.1&shots=4&seed=0] | "
                                        "hf:<chat model>[?steer_alpha=4&positions=generated] | "
@@ -46,13 +46,13 @@ def synth(
     max_attempts: int = option(SynthOptions, "max_attempts", "--max-attempts", help="Attempts per sample, each with feedback from the last."),
     languages: str = option(SynthOptions, "languages", "--languages", to_cli=",".join, help="Comma-separated language codes, spread over the samples."),
     verify: str = option(SynthOptions, "verify", "--verify", help="What must fire the feature: prompt | conversation."),
-    features: str | None = option(SynthConfig, "features", "--features", help="Only these gap features (comma-separated ids)."),
+    features: str | None = option(SynthInputs, "features", "--features", help="Only these gap features (comma-separated ids)."),
     max_features: int | None = option(SynthOptions, "max_features", "--max-features", help="Only the first N gaps (largest first)."),
-    inventory: Path | None = option(SynthConfig, "inventory", "--inventory", help="The gap report's inventory YAML (default: rebuilt from gaps.json)."),
-    benign: str = option(SynthConfig, "benign_categories", "--benign-categories", to_cli=",".join,
+    inventory: Path | None = option(SynthInputs, "inventory", "--inventory", help="The gap report's inventory YAML (default: rebuilt from gaps.json)."),
+    benign: str = option(SynthInputs, "benign_categories", "--benign-categories", to_cli=",".join,
                          help="Categories answered helpfully (others get refusals)."),
     variants: str = option(SynthOptions, "variants", "--variants", to_cli=",".join, help="Framings to use: plain,roleplay,hypothetical,obfuscation."),
-    near_dup: float = option(SynthConfig, "near_duplicate_threshold", "--near-dup-threshold",
+    near_dup: float = option(SynthInputs, "near_duplicate_threshold", "--near-dup-threshold",
                              help="Jaccard of word 5-grams at which two prompts are near duplicates."),
     near_copy_jaccard: float = option(NearCopyOptions, "jaccard", "--near-copy-jaccard",
                                       help="Word 3-gram Jaccard with a reference example at which a candidate is a near-copy."),
@@ -61,45 +61,44 @@ def synth(
     baseline: tuple[str, str] | None = typer.Option(None, "--baseline", metavar="random N|match",
                                              help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones; random match: as many as the targeted run wrote prompt candidates."),
     candidates: int = option(SynthOptions, "candidates", "--candidates", help="Prompts written per slot and attempt; the one whose prompt fires the target feature most is answered and verified."),
-    baseline_pool: list[str] | None = option(SynthConfig, "baseline_pool", "--baseline-pool",
+    baseline_pool: list[str] | None = option(SynthInputs, "baseline_pool", "--baseline-pool",
                                                    help="Labelled reference JSONL/Parquet for the baseline's shots (non-benign --baseline-pool-field); default: the gaps' examples."),
-    baseline_pool_field: str = option(SynthConfig, "baseline_pool_field", "--baseline-pool-field",
+    baseline_pool_field: str = option(SynthInputs, "baseline_pool_field", "--baseline-pool-field",
                                       help="Category field of --baseline-pool."),
     seed: int = option(SynthOptions, "seed", "--seed", help="Seed of the baseline's draws."),
-    max_tokens: int | None = option(SynthConfig, "max_tokens", "--max-tokens", help="Verification: truncate each candidate to N tokens (default: the target store's setting)."),
-    batch_size: int = option(SynthConfig, "batch_size", "--batch-size", help="Verification batch size."),
-    device: str = option(SynthConfig, "device", "--device"),
-    dtype: str | None = option(SynthConfig, "dtype", "--dtype", help="Model dtype (default: the target store's encode setting)."),
-    sae_k: int | None = option(SynthConfig, "sae_k", "--sae-k", help="k when the SAE files do not say it."),
-    overwrite: bool = option(SynthConfig, "overwrite", "--overwrite", help="Replace a finished run in --out."),
+    max_tokens: int | None = option(SynthInputs, "max_tokens", "--max-tokens", help="Verification: truncate each candidate to N tokens (default: the target store's setting)."),
+    batch_size: int = option(SynthInputs, "batch_size", "--batch-size", help="Verification batch size."),
+    device: str = option(SynthInputs, "device", "--device"),
+    dtype: str | None = option(SynthInputs, "dtype", "--dtype", help="Model dtype (default: the target store's encode setting)."),
+    sae_k: int | None = option(SynthInputs, "sae_k", "--sae-k", help="k when the SAE files do not say it."),
+    overwrite: bool = option(SynthInputs, "overwrite", "--overwrite", help="Replace a finished run in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate samples aimed at coverage gaps; keep those whose target feature fires when re-encoded."""
 
-    from qscope_data.synth.synthesize import run_synth
+    from qscope_data.synth.synthesize import run
 
-    kwargs: dict = dict(
-        gaps=gaps, model=model, sae=sae, out=out, layer=layer, generator=generator, per_feature=per_feature,
-        candidates=candidates,
-        threshold=threshold, max_attempts=max_attempts, languages=_split(languages) or [], verify=verify,
-        features=_ints(features, "--features"), max_features=max_features, inventory=inventory,
-        near_duplicate_threshold=near_dup, max_tokens=max_tokens, batch_size=batch_size, device=device, dtype=dtype,
-        sae_k=sae_k, overwrite=overwrite, seed=seed, benign_categories=_split(benign) or [],
-        near_copy={"jaccard": near_copy_jaccard, "containment": near_copy_containment},
-        baseline_pool_field=baseline_pool_field,
+    settings: dict = dict(
+        generator=generator, per_feature=per_feature, candidates=candidates, threshold=threshold,
+        max_attempts=max_attempts, languages=_split(languages) or [], verify=verify, max_features=max_features,
+        seed=seed, near_copy={"jaccard": near_copy_jaccard, "containment": near_copy_containment},
     )
     if baseline is not None:
         if baseline[0] != "random":
             raise UsageError(f"--baseline {baseline[0]!r}: the only baseline is random (--baseline random N)")
         if baseline[1] != "match" and not baseline[1].isdigit():
             raise UsageError(f"--baseline random {baseline[1]!r}: N is a whole number of samples, or match")
-        kwargs["baseline_random"] = baseline[1] if baseline[1] == "match" else int(baseline[1])
-    if baseline_pool:
-        kwargs["baseline_pool"] = baseline_pool
+        settings["baseline_random"] = baseline[1] if baseline[1] == "match" else int(baseline[1])
     if variants is not None:
-        kwargs["variants"] = _split(variants) or []
-    config = SynthConfig(**kwargs)  # a bad value: one line naming the flag (cli.main)
-    summary = run_synth(config, progress=progress)
+        settings["variants"] = _split(variants) or []
+    options = SynthOptions(**settings)  # a bad value: one line naming the flag (cli.main)
+    inputs = SynthInputs(
+        gaps=gaps, model=model, sae=sae, layer=layer, features=_ints(features, "--features"), inventory=inventory,
+        benign_categories=_split(benign) or [], near_duplicate_threshold=near_dup,
+        baseline_pool=baseline_pool or None, baseline_pool_field=baseline_pool_field, max_tokens=max_tokens,
+        batch_size=batch_size, device=device, dtype=dtype, sae_k=sae_k, overwrite=overwrite,
+    )
+    summary = run(options, inputs, out, progress=progress).artifact
     t, cov = summary.totals, summary.coverage
     rate = "–" if t["acceptance_rate"] is None else f"{100 * t['acceptance_rate']:.1f}%"
     print(f"accepted {t['accepted']}/{t['requested']} samples for {t['features']} gap feature(s) in {t['attempts']} "

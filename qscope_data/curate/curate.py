@@ -37,7 +37,6 @@ import shutil
 import time
 from array import array
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -47,18 +46,20 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 
 from qscope_data import atomic, code_version
 from qscope_data.curate import dedup as dedup_mod
 from qscope_data.curate.card import render_card
 from qscope_data.curate.formats import Format, FormatRefused, Unformattable, format_fields, to_format
-from qscope_data.curate.manifest import KIND, MANIFEST, REMOVED, CuratedManifest, FileEntry, file_entry
+from qscope_data.curate.manifest import CARD, KIND, MANIFEST, REMOVED, CuratedManifest, FileEntry, file_entry
 from qscope_data.rules.score import LANG, Scores, load_scores
 from qscope_data.curate.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, row_json, write_split_batches
 from qscope_data.synth.output import SyntheticSample, SyntheticSet, load_synthetic, synth_provenance
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.outputs import reap_temporaries, write_lock
+from qscope_data.result import Result, interactive
 from qscope_data.store import FeatureStore
 
 QUOTA_FIELDS = ("lang", "category", "source")
@@ -100,14 +101,16 @@ class CurateOptions(BaseModel):
     license: str = "other"
 
 
-class CurateJob(CurateOptions):
-    """One curate run: the stage's options plus what it reads and where it writes (`manifest.json` records it)."""
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class CurateInputs:
+    """What one curate run reads (`manifest.json` records it): the corpus the store was encoded from, the store, the
+    scores and synthesis folders; and how this run goes without changing what it decides (where dedup runs, the
+    card's name, whether an earlier dataset in OUT may be replaced). Its defaults are the `qscope curate` flags'."""
 
     inputs: list[str]
-    features: str
-    scores: str | None = None
-    synth: list[str] = Field(default_factory=list)
-    out: str
+    features: Path
+    scores: Path | None = None
+    synth: list[Path] = Field(default_factory=list)
     text_field: str | None = Field(None, description="default: the store's encode option, else 'text'")
     id_field: str | None = Field(None, description="default: the store's encode option, else 'id'")
     split: str | None = None
@@ -144,13 +147,6 @@ def parse_quotas(specs: list[str]) -> dict[str, dict[str, int]]:
                 raise UsageError(f"--quota: {fld}={value} is given twice")
             out[fld][value] = int(n)
     return out
-
-
-@dataclass
-class CurateResult:
-    out: Path
-    manifest: CuratedManifest
-    seconds: float
 
 
 class _Phases:
@@ -359,12 +355,18 @@ def read_store_table(store: FeatureStore) -> pl.DataFrame:
     return frame.with_columns(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in wanted[2:])
 
 
-def curate(options: CurateJob, *, progress: bool = False) -> CurateResult:
-    """Run the stage (module docstring); everything is checked and decided before OUT is touched. One writer of
-    OUT at a time (an advisory lock); temp folders a killed run left beside OUT are removed first."""
-    with write_lock(options.out):
-        reap_temporaries(options.out)
-        return _curate(options, progress=progress)
+def run(options: CurateOptions, inputs: CurateInputs, out: str | Path, *,
+        progress: bool | None = None) -> Result[CuratedManifest]:
+    """The curate stage (`qscope curate`, the pipeline's `curate`; module docstring), written into `out`: everything
+    is checked and decided before OUT is touched. One writer of OUT at a time (an advisory lock); temp folders a
+    killed run left beside OUT are removed first. `progress`: None draws the bars only on a terminal."""
+    start = time.perf_counter()
+    out = Path(out)
+    with write_lock(out):
+        reap_temporaries(out)
+        manifest = _curate(options, inputs, out, progress=interactive(progress))
+    outputs = {"curated": out, MANIFEST: out / MANIFEST, REMOVED: out / REMOVED, CARD: out / CARD}
+    return Result(manifest, outputs, {"counts": manifest.counts, "seconds": round(time.perf_counter() - start, 3)})
 
 
 # Per record the stage keeps one row of a polars frame (META_SCHEMA + pos, rules, flags, n_tokens, quarantined):
@@ -417,20 +419,18 @@ def _input_meta(records, bar: _Phases) -> pl.DataFrame:
     return cols.frame()
 
 
-def _curate(options: CurateJob, *, progress: bool) -> CurateResult:
-    start = time.perf_counter()
-    out = Path(options.out)
+def _curate(options: CurateOptions, inputs: CurateInputs, out: Path, *, progress: bool) -> CuratedManifest:
     quotas = options.quotas
-    check_out(out, options.overwrite)
-    store = FeatureStore(options.features)
+    check_out(out, inputs.overwrite)
+    store = FeatureStore(inputs.features)
     store_opts = store.manifest.options
-    text_field = options.text_field or store_opts.get("text_field") or "text"
-    id_field = options.id_field or store_opts.get("id_field") or "id"
-    split = options.split if options.split is not None else store_opts.get("split")
-    paths = resolve_paths(options.inputs)
+    text_field = inputs.text_field or store_opts.get("text_field") or "text"
+    id_field = inputs.id_field or store_opts.get("id_field") or "id"
+    split = inputs.split if inputs.split is not None else store_opts.get("split")
+    paths = resolve_paths(inputs.inputs)
     store_frame = read_store_table(store)
-    scores = load_scores(options.scores) if options.scores else None
-    synth_sets = [load_synthetic(s) for s in options.synth]
+    scores = load_scores(inputs.scores) if inputs.scores else None
+    synth_sets = [load_synthetic(s) for s in inputs.synth]
     synth_rules = screen_synthetic(synth_sets, scores)
 
     def records():
@@ -442,7 +442,7 @@ def _curate(options: CurateJob, *, progress: bool) -> CurateResult:
         meta = _input_meta(records(), bar)
         n_input = meta.height
         input_ids = meta.filter(pl.col("reason").is_null())["doc_id"]
-        not_encoded = check_store_matches_input(store, store_frame["doc_id"], input_ids, options.inputs)
+        not_encoded = check_store_matches_input(store, store_frame["doc_id"], input_ids, inputs.inputs)
         check_input_fingerprint(store, paths)
         if scores is not None:
             check_scores_match_store(scores, store, store_frame["doc_id"])
@@ -454,15 +454,16 @@ def _curate(options: CurateJob, *, progress: bool) -> CurateResult:
         stage.mkdir(parents=True)
         try:
             bar.phase("format, dedup" if options.dedup else "format", meta.height)
-            meta, sizes = _format_and_dedup(meta, n_input, records(), samples, options, stage, bar)
+            meta, sizes = _format_and_dedup(meta, n_input, records(), samples, options, inputs.executor, stage, bar)
             meta = _apply_quarantine_and_quotas(meta, options.quarantine, quotas)
             bar.phase("write", None)
             manifest = _write(meta, sizes, options, out, stage, n_input=n_input, store=store, scores=scores,
-                              synth_sets=synth_sets, paths=paths, text_field=text_field, id_field=id_field, quotas=quotas)
+                              synth_sets=synth_sets, paths=paths, text_field=text_field, id_field=id_field, quotas=quotas,
+                              name=inputs.name)
         finally:
             if stage.exists():
                 shutil.rmtree(stage)
-    return CurateResult(out=out, manifest=manifest, seconds=time.perf_counter() - start)
+    return manifest
 
 
 def _synthetic_meta(synth_sets: list[SyntheticSet], input_ids: pl.Series) -> tuple[pl.DataFrame, list[SyntheticSample]]:
@@ -551,7 +552,7 @@ def _decide(meta: pl.DataFrame, store_frame: pl.DataFrame, scores: Scores | None
 
 
 def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[SyntheticSample],
-                      options: CurateJob, stage: Path, bar: _Phases) -> tuple[pl.DataFrame, np.ndarray]:
+                      options: CurateOptions, executor: str, stage: Path, bar: _Phases) -> tuple[pl.DataFrame, np.ndarray]:
     """Pass 2: step 4 (the format's columns, spilled to `stage` with their provenance) and step 5 (dedup) for every
     record still in. Returns the frame with those reasons and, per spilled row, its JSON size (for sharding)."""
     schema = pa.schema(format_fields(options.format) + PROVENANCE_FIELDS)
@@ -608,7 +609,7 @@ def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[S
 
     try:
         docs = survivors()
-        dup_pos, dup_of, dup_near, dup_sim = _duplicates(docs, options, stage) if options.dedup else _no_duplicates(docs)
+        dup_pos, dup_of, dup_near, dup_sim = _duplicates(docs, options.near_dup_threshold, executor, stage) if options.dedup else _no_duplicates(docs)
     finally:
         writer.close()
     spilled_pos = np.frombuffer(spilled, dtype=np.int64) if spilled else np.zeros(0, dtype=np.int64)
@@ -631,9 +632,10 @@ def _no_duplicates(docs) -> tuple[np.ndarray, ...]:
     return empty, empty, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float64)
 
 
-def _duplicates(docs, options: CurateJob, stage: Path) -> tuple[np.ndarray, ...]:
-    """(position among the survivors, of which earlier survivor, near?, similarity) of every duplicate."""
-    if options.executor == "ray":
+def _duplicates(docs, threshold: float, executor: str, stage: Path) -> tuple[np.ndarray, ...]:
+    """(position among the survivors, of which earlier survivor, near?, similarity) of every duplicate; `executor`
+    ray runs the same decisions on Ray Data."""
+    if executor == "ray":
         from qscope_data.curate.dedup_ray import find_duplicates_ray
 
         order: dict[str, int] = {}
@@ -643,12 +645,12 @@ def _duplicates(docs, options: CurateJob, stage: Path) -> tuple[np.ndarray, ...]
                 order[doc.doc_id] = len(order)
                 yield doc
 
-        found = find_duplicates_ray(numbered(), threshold=options.near_dup_threshold)
+        found = find_duplicates_ray(numbered(), threshold=threshold)
         hits = sorted((order[d], order[x.of], x.kind == "near_duplicate", x.similarity) for d, x in found.items())
         cols = list(zip(*hits)) if hits else [[], [], [], []]
         return (np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=np.int64), np.array(cols[2], dtype=bool),
                 np.array(cols[3], dtype=np.float64))
-    found = dedup_mod.duplicate_positions(docs, threshold=options.near_dup_threshold, workdir=stage)
+    found = dedup_mod.duplicate_positions(docs, threshold=threshold, workdir=stage)
     return found.pos, found.of, found.near, found.sim
 
 
@@ -733,9 +735,9 @@ def _counts(meta: pl.DataFrame, n_input: int, scores: Scores | None) -> dict[str
     return counts
 
 
-def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: CurateJob, out: Path, stage: Path, *,
+def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: CurateOptions, out: Path, stage: Path, *,
            n_input: int, store: FeatureStore, scores: Scores | None, synth_sets: list[SyntheticSet], paths: list[str],
-           text_field: str, id_field: str, quotas: dict[str, dict[str, int]]) -> CuratedManifest:
+           text_field: str, id_field: str, quotas: dict[str, dict[str, int]], name: str | None) -> CuratedManifest:
     spilled_pos, sizes = spill
     shard_opts = dict(max_rows=options.max_shard_rows, max_bytes=options.max_shard_bytes, jsonl=options.jsonl)
     schema = pa.schema(format_fields(options.format) + PROVENANCE_FIELDS)
@@ -778,7 +780,7 @@ def _write(meta: pl.DataFrame, spill: tuple[np.ndarray, np.ndarray], options: Cu
         removed=file_entry(stage, REMOVED, split="removed"),
         counts=_counts(meta, n_input, scores),
     )
-    atomic.write_text(stage / "README.md", render_card(manifest, pretty_name=options.name or out.name))
+    atomic.write_text(stage / CARD, render_card(manifest, pretty_name=name or out.name))
     atomic.write_text(stage / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
     _swap_into_place(stage, out)
     return manifest

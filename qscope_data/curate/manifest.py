@@ -22,6 +22,7 @@ KIND = "qscope-curated-sft"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REMOVED = "removed.parquet"
+CARD = "README.md"  # the dataset card (card.py)
 DATA_FOLDERS = ("data", "quarantine")
 
 

@@ -53,8 +53,9 @@ def run_placed(fn: Callable[..., T], /, *args: Any, executor: str, ray: RayOptio
     connect(opts.address)
     import ray as ray_api
 
-    task = ray_api.remote(_placed).options(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
-                                           name=getattr(fn, "__qualname__", "stage"), max_retries=0)
+    name = f"{getattr(fn, '__module__', 'qscope_data')}.{getattr(fn, '__qualname__', 'stage')}"  # every stage's is `run`
+    task = ray_api.remote(_placed).options(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker, name=name,
+                                           max_retries=0)
     try:
         return ray_api.get(task.remote(fn, args, kwargs, opts.gpus_per_worker))
     except Exception as exc:

@@ -1,15 +1,16 @@
 """The synthesis stage's options: what `qscope synth` and the pipeline's `synth:` section both parse into.
 
-The only place these knobs have defaults; `SynthConfig` adds the run's paths and verifying encoder (what
-`qscope synth` parses into; the command's flags take their defaults from it). A light module: the CLI imports it.
+The only place these knobs have defaults; `SynthInputs` holds what one run reads and its verifying encoder (the
+`qscope synth` flags take their defaults from the two). A light module: the CLI imports it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 
 from qscope_data.synth.nearcopy import NearCopyOptions
 from qscope_data.synth.requests import BENIGN_CATEGORIES, VARIANTS, Variant
@@ -60,14 +61,16 @@ class SynthOptions(BaseModel):
         return list(dict.fromkeys(value))
 
 
-class SynthConfig(SynthOptions):
-    """Everything a synthesis run depends on (what `qscope synth` parses into): the stage's options plus the files
-    it reads and writes and the verifying encoder."""
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
+class SynthInputs:
+    """What one synthesis run reads and which verifying encoder it uses: the gap report (and its inventory), the
+    model and SAE that verify (and, for a local generator, write), the random baseline's pool, and this run's own
+    settings that the pipeline's `synth:` section does not carry (so that section and its cache key stay as they
+    are). Defaults declared here are the `qscope synth` flags' defaults (cli/params.option reads them)."""
 
     gaps: Path
     model: str
     sae: str
-    out: Path
     layer: int | None = Field(None, description="SAE layer (default: the gap report's)")
     features: list[int] | None = Field(None, description="only these gap features")
     inventory: Path | None = Field(None, description="inventory YAML of the gap report (else rebuilt from gaps.json)")
@@ -84,3 +87,8 @@ class SynthConfig(SynthOptions):
     dtype: str | None = Field(None, description="model dtype (default: the target store's encode setting)")
     sae_k: int | None = None
     overwrite: bool = False
+    # Already built (notebooks, tests): used instead of loading `model` / `sae` / the `generator` spec. A generator
+    # is any object with `name`, `generate(requests, on_done)` and `describe()` (synth.generators.Generator).
+    loaded_model: Any = Field(None, repr=False)
+    loaded_sae: Any = Field(None, repr=False)
+    built_generator: Any = Field(None, repr=False)

@@ -42,12 +42,13 @@ from qscope_data.coverage.gaps import GapReport, compute_gaps, load_gaps
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory
 from qscope_data.encode import check_compatible, code_version
 from qscope_data.errors import DataError, QscopeError, UsageError
+from qscope_data.result import Result, interactive
 from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
 from qscope_data.synth.dedup import CandidateDedup
 from qscope_data.synth.nearcopy import NearCopyCheck
-from qscope_data.synth.options import SynthConfig
+from qscope_data.synth.options import SynthInputs, SynthOptions
 from qscope_data.synth.output import (
     ACCEPTED_JSONL,
     ACCEPTED_PARQUET,
@@ -156,51 +157,49 @@ def _clear_previous(out: Path) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
 
 
-def run_synth(
-    config: SynthConfig,
-    *,
-    progress: bool = True,
-    generator: Generator | None = None,
-    lm: LoadedModel | None = None,
-    sae: SparseAutoencoder | None = None,
-) -> SynthSummary:
-    """Run the stage (see the module docstring). `generator`, `lm`, `sae` may be passed in already built (tests,
-    flows); otherwise they come from the config's specs. Everything is validated before anything is written."""
+def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
+        progress: bool | None = None) -> Result[SynthSummary]:
+    """The synthesis stage (`qscope synth`, the pipeline's `synth`; see the module docstring), written into `out`.
+    The model, SAE and generator come from `inputs` (already built ones there are used as they are). Everything is
+    validated before anything is written. `progress`: None draws the bars only on a terminal."""
     start = time.perf_counter()
-    out = Path(config.out)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    if (out / SUMMARY_JSON).exists() and not config.overwrite:
+    if (out / SUMMARY_JSON).exists() and not inputs.overwrite:
         raise UsageError(f"--out {out}: holds a finished synthesis (summary.json); pass --overwrite or choose another folder")
-    report = load_gaps(config.gaps)
-    layer = _resolve_layer(config, report)
-    targets = _select_targets(config, report)
-    inventory = load_inventory(config.inventory) if config.inventory else inventory_from_report(report)
+    report = load_gaps(inputs.gaps)
+    layer = _resolve_layer(inputs, report)
+    targets = _select_targets(options, inputs, report)
+    inventory = load_inventory(inputs.inventory) if inputs.inventory else inventory_from_report(report)
 
     target_store = target_manifest(report)
     recorded = target_store.options if target_store else {}
-    options = verify_options(config.verify, recorded=recorded, max_tokens=config.max_tokens,
-                             batch_size=config.batch_size, device=config.device, dtype=config.dtype)
-    revision = config.revision or (target_store.model.get("revision") if target_store else None)
+    encode = verify_options(options.verify, recorded=recorded, max_tokens=inputs.max_tokens,
+                            batch_size=inputs.batch_size, device=inputs.device, dtype=inputs.dtype)
+    revision = inputs.revision or (target_store.model.get("revision") if target_store else None)
+    lm: LoadedModel = inputs.loaded_model
     if lm is None:
-        lm = load_model(config.model, device=config.device, dtype=parse_dtype(options.dtype), revision=revision)
+        lm = load_model(inputs.model, device=inputs.device, dtype=parse_dtype(encode.dtype), revision=revision)
     check_layers(lm, [layer])
+    sae: SparseAutoencoder = inputs.loaded_sae
     if sae is None:
-        sae = load_sae(config.sae, layer, k=config.sae_k, device=config.device)
+        sae = load_sae(inputs.sae, layer, k=inputs.sae_k, device=inputs.device)
     if sae.layer is not None and sae.layer != layer:
-        raise UsageError(f"SAE {config.sae} reads the output of block {sae.layer}, not layer {layer}")
+        raise UsageError(f"SAE {inputs.sae} reads the output of block {sae.layer}, not layer {layer}")
     check_compatible(lm, {layer: sae})
     if not getattr(lm.tokenizer, "chat_template", None):
-        raise UsageError(f"model {config.model}: its tokenizer has no chat template, and candidates are conversations "
+        raise UsageError(f"model {inputs.model}: its tokenizer has no chat template, and candidates are conversations "
                          "(verification renders them as the model reads a chat)")
-    _check_sae_matches_report(report, sae, config.gaps)
+    _check_sae_matches_report(report, sae, inputs.gaps)
     for t in targets:
         if t.feature >= sae.d_sae:
             raise UsageError(f"gap feature {t.feature} is out of range for the SAE (d_sae={sae.d_sae})")
+    generator: Generator = inputs.built_generator
     if generator is None:
-        generator = build_generator(config.generator, lm=lm, sae=sae, layer=layer, device=config.device,
-                                    dtype=parse_dtype(options.dtype))
-    slots = plan_slots(targets, config.per_feature, config.languages, tuple(config.variants))
+        generator = build_generator(options.generator, lm=lm, sae=sae, layer=layer, device=inputs.device,
+                                    dtype=parse_dtype(encode.dtype))
+    slots = plan_slots(targets, options.per_feature, options.languages, tuple(options.variants))
     supported = getattr(generator, "languages", None)  # a generator that is limited to some languages says so
     if supported:
         unknown = list(dict.fromkeys(s.lang for s in slots if s.lang not in supported))
@@ -208,33 +207,33 @@ def run_synth(
             raise UsageError(f"--languages {','.join(unknown)}: the {generator.name} generator has templates for "
                              f"{', '.join(supported)} only")
 
-    verifier = Verifier(lm, sae, layer, options)
+    verifier = Verifier(lm, sae, layer, encode)
     states = {s.id: SlotState(s) for s in slots}
-    dedup = CandidateDedup(config.near_duplicate_threshold)
-    copies = {t.feature: NearCopyCheck(t.examples, config.near_copy) for t in targets}
+    dedup = CandidateDedup(inputs.near_duplicate_threshold)
+    copies = {t.feature: NearCopyCheck(t.examples, options.near_copy) for t in targets}
     gap_ids = [t.feature for t in targets]
-    pool = (load_pool(config.baseline_pool, field_name=config.baseline_pool_field, benign=config.benign_categories)
-            if config.baseline_random and config.baseline_pool else
+    pool = (load_pool(inputs.baseline_pool, field_name=inputs.baseline_pool_field, benign=inputs.benign_categories)
+            if options.baseline_random and inputs.baseline_pool else
             list(dict.fromkeys(e for g in report.gaps for e in g.examples if e.strip())))
-    if config.baseline_random and not pool:
+    if options.baseline_random and not pool:
         raise UsageError("--baseline random: no reference texts for its shots (the gap report has no examples; "
                          "pass --baseline-pool)")
     tally = {"prompt_candidates": 0, "near_copy_candidates": 0}
-    with _Progress(progress, len(slots)) as bar:
-        for attempt in range(1, config.max_attempts + 1):
+    with _Progress(interactive(progress), len(slots)) as bar:
+        for attempt in range(1, options.max_attempts + 1):
             pending = [states[s.id] for s in slots if not states[s.id].done]
             if not pending:
                 break
-            bar.round(attempt, config.max_attempts)
-            _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, config, bar, tally)
-            bar.resolve(sum(1 for st in pending if st.done or attempt == config.max_attempts))
+            bar.round(attempt, options.max_attempts)
+            _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, options, bar, tally)
+            bar.resolve(sum(1 for st in pending if st.done or attempt == options.max_attempts))
         baseline = None
-        if config.baseline_random:
+        if options.baseline_random:
             baseline = run_random_baseline(
-                tally["prompt_candidates"] if config.baseline_random == "match" else config.baseline_random, pool,
+                tally["prompt_candidates"] if options.baseline_random == "match" else options.baseline_random, pool,
                 [s.lang for s in slots] or ["en"], lambda reqs: _generate(generator, reqs, bar), verifier,
-                gap_ids, threshold=config.threshold, shots=config.baseline_shots, near_copy=config.near_copy,
-                near_duplicate_threshold=config.near_duplicate_threshold, seed=config.seed)
+                gap_ids, threshold=options.threshold, shots=inputs.baseline_shots, near_copy=options.near_copy,
+                near_duplicate_threshold=inputs.near_duplicate_threshold, seed=options.seed)
 
     _clear_previous(out)
     failed = [st for st in states.values() if st.history and all(h["reason"] == "generator_error" for h in st.history)]
@@ -257,7 +256,7 @@ def run_synth(
         saes=[SAEInfo(layer=layer, source=sae.source, format=sae.format, k=sae.k, d_sae=sae.d_sae, d_model=sae.d_model,
                       hook=sae.hook)],
         options=verifier.options.output_options(),
-        inputs={"synth": str(out.resolve()), "gaps": str(Path(config.gaps).resolve()), "generator": generator.name,
+        inputs={"synth": str(out.resolve()), "gaps": str(Path(inputs.gaps).resolve()), "generator": generator.name,
                 "accepted_sha256": {name: atomic.sha256_file(out / name) for name in (ACCEPTED_JSONL, ACCEPTED_PARQUET)}},
         code_version=code_version(),
     )
@@ -276,7 +275,7 @@ def run_synth(
     }}
     baseline_summary = None
     if baseline is not None:
-        baseline_summary = baseline.summary(gap_ids, pool_source(config.baseline_pool), len(pool))
+        baseline_summary = baseline.summary(gap_ids, pool_source(inputs.baseline_pool), len(pool))
         comparison["random"] = baseline_summary
         bdir = out / BASELINE_DIR
         atomic.write_text(bdir / ACCEPTED_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in baseline.accepted))
@@ -292,19 +291,23 @@ def run_synth(
     }
     summary = SynthSummary(
         out=str(out), generator=generator.describe(), model=lm.describe(), sae=sae.describe(), layer=layer,
-        gaps_file=str(Path(config.gaps).resolve()), threshold=config.threshold, verify=config.verify,
-        languages=config.languages, variants=list(config.variants), per_feature=config.per_feature,
-        max_attempts=config.max_attempts, features=features, totals=totals, coverage=coverage,
-        baseline=baseline_summary, comparison=comparison, near_copy=config.near_copy.model_dump(),
+        gaps_file=str(Path(inputs.gaps).resolve()), threshold=options.threshold, verify=options.verify,
+        languages=options.languages, variants=list(options.variants), per_feature=options.per_feature,
+        max_attempts=options.max_attempts, features=features, totals=totals, coverage=coverage,
+        baseline=baseline_summary, comparison=comparison, near_copy=options.near_copy.model_dump(),
         warnings=[*report.warnings, *warnings], seconds=round(time.perf_counter() - start, 3), code_version=code_version(),
     )
-    write_synth_report(summary.model_dump(mode="json"), out)
+    written = write_synth_report(summary.model_dump(mode="json"), out)
     atomic.write_json(out / SUMMARY_JSON, summary.model_dump(mode="json"))
-    return summary
+    outputs = {"synth": out, ACCEPTED_JSONL: out / ACCEPTED_JSONL, ACCEPTED_PARQUET: out / ACCEPTED_PARQUET,
+               REJECTED_JSONL: out / REJECTED_JSONL, STORE_DIR: out / STORE_DIR, SUMMARY_JSON: out / SUMMARY_JSON}
+    if baseline is not None:
+        outputs[BASELINE_DIR] = out / BASELINE_DIR
+    return Result(summary, outputs | written, {"totals": totals, "seconds": summary.seconds})
 
 
 def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator, verifier: Verifier,
-                   dedup: CandidateDedup, copies: dict[int, NearCopyCheck], gap_ids: list[int], config: SynthConfig,
+                   dedup: CandidateDedup, copies: dict[int, NearCopyCheck], gap_ids: list[int], opts: SynthOptions,
                    bar: "_Progress", tally: dict[str, int]) -> None:
     """One attempt for every pending slot: `candidates` prompts → rewrites → near-copy check → screening → dedup →
     response → verify → accept or record why not. A near-copy of one of the target's reference examples is dropped
@@ -314,8 +317,8 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
     owners: list[SlotState] = []
     reqs = []
     for st in pending:
-        feedback, previous = st.feedback(config.threshold)
-        for j in range(config.candidates):
+        feedback, previous = st.feedback(opts.threshold)
+        for j in range(opts.candidates):
             reqs.append(prompt_request(st.slot, attempt, feedback, previous, candidate=j))
             owners.append(st)
     written: dict[str, list[str]] = {}
@@ -355,7 +358,7 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
             st.last_candidate = [{"role": "user", "content": last_copy[0]}]
             st.fail(attempt, candidate_id(st.slot, attempt), "near_copy", last_copy[1].detail())
 
-    if config.candidates > 1:
+    if opts.candidates > 1:
         _screen(options, pending, verifier, attempt)
     prompts: dict[str, str] = {}
     novelty: dict[str, float] = {}
@@ -392,14 +395,14 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
         verdict = result.verdicts[cand.id]
         if verdict.error is not None:
             st.fail(attempt, cand.id, "not_encodable", verdict.error)
-        elif verdict.fires(config.threshold):
-            st.accepted = _accepted_row(st, cand, verdict.activation, attempt, generator.name, verifier.target, config.threshold)
+        elif verdict.fires(opts.threshold):
+            st.accepted = _accepted_row(st, cand, verdict.activation, attempt, generator.name, verifier.target, opts.threshold)
             st.store_row = result.table.slice(verdict.row, 1)
             st.novelty = novelty[st.slot.id]
-            st.fired = fired_gaps(result.table, verdict.row, gap_ids, config.threshold)  # type: ignore[arg-type]
+            st.fired = fired_gaps(result.table, verdict.row, gap_ids, opts.threshold)  # type: ignore[arg-type]
         else:
             st.fail(attempt, cand.id, "below_threshold",
-                    f"feature {cand.target_feature} reached {verdict.activation:.6g}, needs > {config.threshold:g}",
+                    f"feature {cand.target_feature} reached {verdict.activation:.6g}, needs > {opts.threshold:g}",
                     verdict.activation)
 
 
@@ -484,28 +487,28 @@ def target_manifest(report: GapReport) -> StoreManifest | None:
     return None
 
 
-def _resolve_layer(config: SynthConfig, report: GapReport) -> int:
+def _resolve_layer(inputs: SynthInputs, report: GapReport) -> int:
     recorded = report.layer if report.layer is not None else report.sae.get("layer")
-    if config.layer is not None:
-        if recorded is not None and int(recorded) != config.layer:
-            raise UsageError(f"--layer {config.layer}: {config.gaps} was computed at layer {recorded}")
-        return config.layer
+    if inputs.layer is not None:
+        if recorded is not None and int(recorded) != inputs.layer:
+            raise UsageError(f"--layer {inputs.layer}: {inputs.gaps} was computed at layer {recorded}")
+        return inputs.layer
     if recorded is None:
-        raise UsageError(f"{config.gaps} does not say which SAE layer it reads; pass --layer")
+        raise UsageError(f"{inputs.gaps} does not say which SAE layer it reads; pass --layer")
     return int(recorded)
 
 
-def _select_targets(config: SynthConfig, report: GapReport) -> list[GapTarget]:
+def _select_targets(options: SynthOptions, inputs: SynthInputs, report: GapReport) -> list[GapTarget]:
     gaps = list(report.gaps)
-    if config.features is not None:
+    if inputs.features is not None:
         by_id = {g.feature: g for g in gaps}
-        missing = [f for f in config.features if f not in by_id]
+        missing = [f for f in inputs.features if f not in by_id]
         if missing:
-            raise UsageError(f"--features: {', '.join(map(str, missing))} not among the gaps of {config.gaps}")
-        gaps = [by_id[f] for f in dict.fromkeys(config.features)]
-    if config.max_features is not None:
-        gaps = gaps[: config.max_features]
-    return [GapTarget.from_gap(g, tuple(config.benign_categories)) for g in gaps]
+            raise UsageError(f"--features: {', '.join(map(str, missing))} not among the gaps of {inputs.gaps}")
+        gaps = [by_id[f] for f in dict.fromkeys(inputs.features)]
+    if options.max_features is not None:
+        gaps = gaps[: options.max_features]
+    return [GapTarget.from_gap(g, tuple(inputs.benign_categories)) for g in gaps]
 
 
 def _check_sae_matches_report(report: GapReport, sae: SparseAutoencoder, gaps_path: Path) -> None:
