@@ -12,6 +12,8 @@ from typing import Callable
 
 from qscope_data.result import interactive
 
+REDRAW_S = 0.1  # at most ten redraws a second: advancing per record must cost next to nothing
+
 
 class Bar:
     """A progress line on stderr. `unit` names what `advance` counts (docs, rows, steps); `rate_unit`, when given,
@@ -22,7 +24,7 @@ class Bar:
         self.enabled = interactive(enabled)
         self.label, self.total, self.unit, self.rate_unit, self.transient = label, total, unit, rate_unit, transient
         self.done = self.work = 0
-        self.t0 = time.perf_counter()
+        self.t0 = self.drawn = time.perf_counter()
 
     def __enter__(self) -> "Bar":
         if self.enabled:
@@ -39,6 +41,7 @@ class Bar:
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
+            self._draw()
             self._rich.__exit__(*exc)
 
     def _count(self) -> str:
@@ -55,8 +58,12 @@ class Bar:
         """`n` more items done (and `work` more of what the rate counts)."""
         self.done += n
         self.work += work
-        if self.enabled:
-            self._rich.update(self._task, advance=n, count=self._count(), rate=self._rate())
+        if self.enabled and (time.perf_counter() - self.drawn >= REDRAW_S or self.done == self.total):
+            self._draw()
+
+    def _draw(self) -> None:
+        self.drawn = time.perf_counter()
+        self._rich.update(self._task, completed=self.done, count=self._count(), rate=self._rate())
 
     def skip(self, n: int) -> None:
         """`n` items an earlier run already did (a resumed job): off the total, so rate and ETA stay honest."""
@@ -69,6 +76,8 @@ class Bar:
         """Start the next phase of a multi-step stage: a fresh count on a new line, the finished one kept (a line
         not started yet and without a total is reused)."""
         fresh = self.done == 0 and self.total is None
+        if self.enabled:
+            self._draw()  # the finished phase's last count
         self.label, self.total, self.done, self.work, self.t0 = label, total, 0, 0, time.perf_counter()
         if self.enabled and fresh:
             self._rich.update(self._task, description=label, total=total, count=self._count())

@@ -59,6 +59,7 @@ from qscope_data.synth.output import SyntheticSample, SyntheticSet, load_synthet
 from qscope_data.errors import DataError, UsageError
 from qscope_data.inputs import Reject, input_fingerprint, iter_records, resolve_paths
 from qscope_data.outputs import reap_temporaries, write_lock
+from qscope_data.progress import Bar
 from qscope_data.result import Result, interactive
 from qscope_data.store import FeatureStore
 
@@ -147,55 +148,6 @@ def parse_quotas(specs: list[str]) -> dict[str, dict[str, int]]:
                 raise UsageError(f"--quota: {fld}={value} is given twice")
             out[fld][value] = int(n)
     return out
-
-
-class _Phases:
-    """Rich progress on stderr (items, rate, ETA) for the stage's phases; a no-op when disabled."""
-
-    _EVERY = 512  # items between redraw requests
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.task = None
-        self.pending = 0
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[rate]}/s"), TimeRemainingColumn(),
-                                     console=Console(stderr=True), transient=True)
-
-    def __enter__(self) -> "_Phases":
-        if self.enabled:
-            self.progress.__enter__()
-        return self
-
-    def phase(self, name: str, total: int | None) -> None:
-        if self.enabled:
-            self._flush()
-            if self.task is not None:
-                self.progress.update(self.task, visible=False)
-            self.task = self.progress.add_task(name, total=total, rate="-")
-            self.started = time.perf_counter()
-
-    def advance(self, n: int = 1) -> None:
-        if self.enabled and self.task is not None:
-            self.pending += n
-            if self.pending >= self._EVERY:
-                self._flush()
-
-    def _flush(self) -> None:
-        if self.task is not None and self.pending:
-            done = self.progress.tasks[-1].completed + self.pending
-            rate = done / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(self.task, advance=self.pending, rate=f"{rate:,.0f}")
-            self.pending = 0
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._flush()
-            self.progress.__exit__(*exc)
 
 
 # -- checks -----------------------------------------------------------------------------------------------------
@@ -404,7 +356,7 @@ class _MetaColumns:
         return pl.concat(self.chunks) if self.chunks else pl.DataFrame(schema=META_SCHEMA)
 
 
-def _input_meta(records, bar: _Phases) -> pl.DataFrame:
+def _input_meta(records, bar: Bar) -> pl.DataFrame:
     """Pass 1 over the input: every record's metadata (no text)."""
     cols = _MetaColumns()
     for rec in records:
@@ -437,7 +389,7 @@ def _curate(options: CurateOptions, inputs: CurateInputs, out: Path, *, progress
         return iter_records(paths, text_field=text_field, id_field=id_field, split=split)
 
     stage = out.parent / f".{out.name}.curate-{os.getpid()}.tmp"
-    with _Phases(progress) as bar:
+    with Bar("curate", enabled=progress, unit="records", transient=True) as bar:
         bar.phase("read input", store.manifest.n_documents + store.manifest.n_rejected or None)
         meta = _input_meta(records(), bar)
         n_input = meta.height
@@ -552,7 +504,7 @@ def _decide(meta: pl.DataFrame, store_frame: pl.DataFrame, scores: Scores | None
 
 
 def _format_and_dedup(meta: pl.DataFrame, n_input: int, records, samples: list[SyntheticSample],
-                      options: CurateOptions, executor: str, stage: Path, bar: _Phases) -> tuple[pl.DataFrame, np.ndarray]:
+                      options: CurateOptions, executor: str, stage: Path, bar: Bar) -> tuple[pl.DataFrame, np.ndarray]:
     """Pass 2: step 4 (the format's columns, spilled to `stage` with their provenance) and step 5 (dedup) for every
     record still in. Returns the frame with those reasons and, per spilled row, its JSON size (for sharding)."""
     schema = pa.schema(format_fields(options.format) + PROVENANCE_FIELDS)

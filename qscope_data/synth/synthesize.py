@@ -42,7 +42,8 @@ from qscope_data.coverage.gaps import GapReport, compute_gaps, load_gaps
 from qscope_data.coverage.inventory import Inventory, InventoryFeature, Provenance, load_inventory
 from qscope_data.encode import check_compatible, code_version
 from qscope_data.errors import DataError, QscopeError, UsageError
-from qscope_data.result import Result, interactive
+from qscope_data.progress import Bar
+from qscope_data.result import Result
 from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
@@ -219,14 +220,14 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
         raise UsageError("--baseline random: no reference texts for its shots (the gap report has no examples; "
                          "pass --baseline-pool)")
     tally = {"prompt_candidates": 0, "near_copy_candidates": 0}
-    with _Progress(interactive(progress), len(slots)) as bar:
+    with Bar("synth slots", len(slots), enabled=progress, unit="slots") as bar:
         for attempt in range(1, options.max_attempts + 1):
             pending = [states[s.id] for s in slots if not states[s.id].done]
             if not pending:
                 break
-            bar.round(attempt, options.max_attempts)
+            bar.note(f"attempt {attempt}/{options.max_attempts}")
             _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, options, bar, tally)
-            bar.resolve(sum(1 for st in pending if st.done or attempt == options.max_attempts))
+            bar.advance(sum(1 for st in pending if st.done or attempt == options.max_attempts))
         baseline = None
         if options.baseline_random:
             baseline = run_random_baseline(
@@ -308,7 +309,7 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
 
 def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator, verifier: Verifier,
                    dedup: CandidateDedup, copies: dict[int, NearCopyCheck], gap_ids: list[int], opts: SynthOptions,
-                   bar: "_Progress", tally: dict[str, int]) -> None:
+                   bar: Bar, tally: dict[str, int]) -> None:
     """One attempt for every pending slot: `candidates` prompts → rewrites → near-copy check → screening → dedup →
     response → verify → accept or record why not. A near-copy of one of the target's reference examples is dropped
     before anything else (it would fire the feature by construction, and it is not new data). With several
@@ -421,10 +422,16 @@ def _screen(options: dict[str, list[tuple[str, float]]], pending: list[SlotState
             options[st.slot.id] = [options[st.slot.id][j] for j in order]
 
 
-def _generate(generator: Generator, requests: list[GenerationRequest], bar: "_Progress") -> list[GenerationResult]:
+def _generate(generator: Generator, requests: list[GenerationRequest], bar: Bar) -> list[GenerationResult]:
     if not requests:
         return []
-    results = generator.generate(requests, on_done=bar.generated)
+    done = [0]
+
+    def on_done(n: int) -> None:
+        done[0] += n
+        bar.note(f"{done[0]}/{len(requests)} generator calls this round")
+
+    results = generator.generate(requests, on_done=on_done)
     if len(results) != len(requests) or any(r.request_id != q.id for r, q in zip(results, requests)):
         raise RuntimeError(f"generator {generator.name} returned results out of step with its requests")
     return results
@@ -608,46 +615,3 @@ def _feature_summaries(targets: list[GapTarget], states: dict[str, SlotState], s
             "covered_after": None if coverage.get("after") is None else t.feature not in coverage["gaps_after"],
         })
     return out
-
-
-class _Progress:
-    """Rich progress over slots (resolved: accepted, or out of attempts) with rate and ETA, plus generator calls."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
-            self.bar.__enter__()
-            self.slots = self.bar.add_task("synth slots", total=self.total, rate="")
-            self.calls = self.bar.add_task("generator calls", total=None, rate="")
-            self.t0 = time.perf_counter()
-            self.n_calls = 0
-        return self
-
-    def round(self, attempt: int, of: int) -> None:
-        if self.enabled:
-            self.bar.update(self.slots, description=f"synth slots (attempt {attempt}/{of})")
-
-    def generated(self, n: int) -> None:
-        if self.enabled:
-            self.n_calls += n
-            rate = self.n_calls / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.calls, advance=n, rate=f"{rate:,.1f} req/s")
-
-    def resolve(self, n: int) -> None:
-        if self.enabled:
-            done = min(self.total, self.bar.tasks[self.slots].completed + n)
-            rate = done / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.slots, completed=done, rate=f"{rate:,.2f} slots/s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
