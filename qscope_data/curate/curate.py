@@ -157,6 +157,11 @@ def _first(ids: pl.Series) -> str:
     return repr(ids.min())
 
 
+def _mismatches(found: dict[str, pl.Series]) -> str:
+    """'N <what> (first: id)' for each non-empty set of ids, joined; '' when all are empty."""
+    return "; ".join(f"{len(ids)} {what} (first: {_first(ids)})" for what, ids in found.items() if len(ids))
+
+
 def _missing(ids: pl.Series, other: pl.Series) -> pl.Series:
     """The ids not in `other` (each id once)."""
     return ids.filter(~ids.is_in(other)).unique()
@@ -186,13 +191,8 @@ def check_store_matches_input(store: FeatureStore, store_ids: pl.Series, input_i
     extra = _missing(store_ids, input_ids)
     absent = _missing(input_ids, store_ids)
     missing = _missing(absent, rejected)
-    if len(extra) or len(missing):
-        what = []
-        if len(missing):
-            what.append(f"{len(missing)} input doc_id(s) not in the store (first: {_first(missing)})")
-        if len(extra):
-            what.append(f"{len(extra)} store doc_id(s) not in the input (first: {_first(extra)})")
-        raise DataError(f"store {store.root} was not made from input {', '.join(inputs)}: {'; '.join(what)}")
+    if what := _mismatches({"input doc_id(s) not in the store": missing, "store doc_id(s) not in the input": extra}):
+        raise DataError(f"store {store.root} was not made from input {', '.join(inputs)}: {what}")
     return set(absent.filter(absent.is_in(rejected)).to_list())
 
 
@@ -253,13 +253,8 @@ def screen_synthetic(synth_sets: list[SyntheticSet], scores: Scores | None) -> d
 
 def check_scores_match_store(scores: Scores, store: FeatureStore, store_ids: pl.Series) -> None:
     unscored, unknown = _missing(store_ids, scores.doc_ids), _missing(scores.doc_ids, store_ids)
-    if len(unscored) or len(unknown):
-        what = []
-        if len(unscored):
-            what.append(f"{len(unscored)} store doc_id(s) have no score (first: {_first(unscored)})")
-        if len(unknown):
-            what.append(f"{len(unknown)} scored doc_id(s) are not in the store (first: {_first(unknown)})")
-        raise DataError(f"scores {scores.path} were not computed on store {store.root}: {'; '.join(what)}")
+    if what := _mismatches({"store doc_id(s) have no score": unscored, "scored doc_id(s) are not in the store": unknown}):
+        raise DataError(f"scores {scores.path} were not computed on store {store.root}: {what}")
     if scores.store_manifest_sha256 and scores.store_manifest_sha256 != store.manifest_hash():
         raise DataError(
             f"scores {scores.path} were computed on another store: their store_manifest_sha256 "
