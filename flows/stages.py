@@ -76,10 +76,14 @@ def run_flow(name: str, config_path: str, executor: Executor | None, resume: boo
         reads = {param: _lookup(outputs, output, _read_corpus(config, row, output, corpus)) for param, output in row.reads}
         result = configured(TASKS[row.name], config, resume, row.key(corpus))(
             config, row.name, reads, corpus=corpus, executor=executor, resume=resume)
-        per_corpus = row.writes in PER_CORPUS
-        publish(config, result, *([corpus or config_at(config, row.corpus)] if per_corpus else []))
         path = result["outputs"][row.writes]
-        update = {row.writes: {corpus or config_at(config, row.corpus): path}} if per_corpus else {row.writes: path}
+        if row.writes in PER_CORPUS:
+            owner = corpus or config_at(config, row.corpus)
+            publish(config, result, owner)
+            update = {row.writes: {owner: path}}
+        else:
+            publish(config, result)
+            update = {row.writes: path}
         merge_outputs(outputs, update)
         merge_outputs(wrote, update)
     return wrote

@@ -452,28 +452,26 @@ class EncodeJob:
                 columns = self.options.passthrough().observe_all(r.fields for r in shard.records)
             yield shard, columns
 
-    def finish(self, done: ExecutorRun) -> EncodeSummary:
-        """Merge the shards into the store (manifest last) and say what this run did."""
+    def finish(self, done: ExecutorRun) -> FeatureStore:
+        """Merge the shards into the store (manifest last)."""
         manifest = StoreManifest(
             model=done.described["model"], saes=[SAEInfo(**s) for s in done.described["saes"]],
             options=self.options.output_options(),
             inputs={"paths": self.scan.paths, "fingerprint": self.scan.fingerprint, "n_records": self.scan.n_records},
             code_version=code_version(),
         )
-        m = self.writer.finish(manifest, self.n_shards).manifest
-        return EncodeSummary(out=str(self.out), state=self.state, documents=m.n_documents, rejected=m.n_rejected,
-                             tokens=int(m.stats.get("n_tokens", 0)), shards=self.n_shards, shards_skipped=self.skipped,
-                             seconds=time.perf_counter() - self.started, load_seconds=done.load_seconds,
-                             encode_seconds=done.encode_seconds, tokens_encoded=done.tokens,
-                             documents_encoded=done.documents)
+        return self.writer.finish(manifest, self.n_shards)
 
-    def finished_summary(self) -> EncodeSummary:
-        """A rerun of a finished job: what the store holds; nothing loaded, nothing written."""
-        m = FeatureStore(self.out).manifest
-        n = int(m.stats.get("n_shards", 0))
-        return EncodeSummary(out=str(self.out), state="finished", documents=m.n_documents, rejected=m.n_rejected,
-                             tokens=int(m.stats.get("n_tokens", 0)), shards=n, shards_skipped=n,
-                             seconds=time.perf_counter() - self.started)
+    def summary(self, store: FeatureStore, done: ExecutorRun | None) -> EncodeSummary:
+        """What the store holds and what this run did (`done` None: a finished job, nothing loaded or written)."""
+        m = store.manifest
+        shards = self.n_shards if done is not None else int(m.stats.get("n_shards", 0))
+        ran = dict(load_seconds=done.load_seconds, encode_seconds=done.encode_seconds, tokens_encoded=done.tokens,
+                   documents_encoded=done.documents) if done is not None else {}
+        return EncodeSummary(out=str(self.out), state=self.state, documents=m.n_documents, rejected=m.n_rejected,
+                             tokens=int(m.stats.get("n_tokens", 0)), shards=shards,
+                             shards_skipped=self.skipped if done is not None else shards,
+                             seconds=time.perf_counter() - self.started, **ran)
 
 
 def plan(options: EncodeOptions, inputs: EncodeInputs, out: str | Path, *, overwrite: Overwrite = False) -> EncodeJob:
@@ -494,21 +492,21 @@ def plan(options: EncodeOptions, inputs: EncodeInputs, out: str | Path, *, overw
         layers = [found]
     writer = StoreWriter(out, layers, token_level=options.token_level)
     identity = job_identity(inputs, layers, scan, options)
-    if overwrite == "other-job":
-        try:
-            writer.state(identity)
-            overwrite = False
-        except UsageError:  # another job's store in the pipeline's own folder: inputs or settings changed since
-            overwrite = True
-    job = EncodeJob(options, inputs, out, layers, identity, writer, writer.state(identity, overwrite=bool(overwrite)),
-                    scan, started)
+    try:
+        state = writer.state(identity, overwrite=overwrite is True)
+    except UsageError:
+        if overwrite != "other-job":
+            raise
+        overwrite = True  # another job's store in the pipeline's own folder: inputs or settings changed since
+        state = writer.state(identity, overwrite=True)
+    job = EncodeJob(options, inputs, out, layers, identity, writer, state, scan, started)
     if job.state == "finished":
         return job
     shape = model_shape(inputs.model, revision=inputs.revision, trust_remote_code=inputs.trust_remote_code)
     for n in layers:
         check_pair(shape, sae_shape(inputs.sae, n, k=inputs.sae_k), n)
     job.scan = scan_inputs(scan, options)
-    job.state = writer.begin(identity, overwrite=bool(overwrite))
+    job.state = writer.begin(identity, overwrite=overwrite is True)
     return job
 
 
@@ -524,8 +522,9 @@ def run(options: EncodeOptions, inputs: EncodeInputs, out: str | Path, *, progre
     executor.check(options)
     job = plan(options, inputs, out, overwrite=overwrite)
     if job.state == "finished":
-        summary = job.finished_summary()
+        done, store = None, FeatureStore(job.out)
     else:
         with Bar("encode", job.scan.n_records, enabled=progress, unit="docs", rate_unit="tok") as bar:
-            summary = job.finish(executor.run(job, bar))
-    return Result(FeatureStore(job.out), {"store": job.out}, summary.model_dump())
+            done = executor.run(job, bar)
+        store = job.finish(done)
+    return Result(store, {"store": job.out}, job.summary(store, done).model_dump())
