@@ -6,7 +6,7 @@ stays flat as the corpus grows, and what stopping the forward at block n saves.
 
 1. `encode.run` (reading, scanning, tokenising, batching, capture, encode, aggregation, Parquet + markers + manifest)
    against the compute floor: the same truncated forwards + SAE encodes over the same batches in a bare loop, on
-   pre-tokenised input. Overhead = pipeline time (model loading excluded) / floor − 1; target ≤ 25 %.
+   pre-tokenised input. Overhead = pipeline time (model loading excluded) / floor − 1; target ≤ 10 % (issue #19).
 2. Peak RSS of an encode of N and 10·N documents, each in a fresh subprocess (ru_maxrss).
 3. Capture at block n vs a full forward with all hidden states: expected speed-up ≈ n_layers / (n + 1).
 
@@ -149,7 +149,7 @@ def measure_rss(model: Path, sae: Path, docs: int, workdir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=300, help="documents in the throughput corpus (RSS: 1× and 10× of docs/3)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repeats, best of (3 left ±7%% noise here)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared machine OpenMP threads spin-wait for descheduled peers)")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -183,7 +183,7 @@ def main() -> None:
     rows = [
         ("encode pipeline (encode.run, load excluded)", f"{n_docs / t_pipe:,.1f} docs/s", f"{n_tokens / t_pipe:,.0f} tokens/s"),
         ("compute floor (capture + encode, same batches)", f"{n_docs / t_floor:,.1f} docs/s", f"{n_tokens / t_floor:,.0f} tokens/s"),
-        ("pipeline overhead, wall time (target ≤ 25 %)", f"{100 * (t_pipe / t_floor - 1):.1f} %",
+        ("pipeline overhead, wall time (target ≤ 10 %)", f"{100 * (t_pipe / t_floor - 1):.1f} %",
          f"{t_pipe:.2f} s vs {t_floor:.2f} s"),
         ("pipeline overhead, CPU time", f"{100 * (c_pipe / c_floor - 1):.1f} %", f"{c_pipe:.2f} s vs {c_floor:.2f} s"),
         (f"peak RSS, {rss_1['docs']:,} docs", f"{rss_1['rss_mib']:,.0f} MiB", f"{rss_1['tokens']:,} tokens"),
