@@ -62,10 +62,13 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def write_parquet(target: str | Path, table: pa.Table, *, compression: str = "zstd") -> None:
-    """Deterministic Parquet: fixed compression, no pandas metadata, no creation timestamps."""
+def write_parquet(target: str | Path, table: pa.Table, *, compression: str = "zstd",
+                  row_group_rows: int | None = None) -> None:
+    """Deterministic Parquet: fixed compression, no pandas metadata, no creation timestamps. `row_group_rows` bounds
+    a row group (a reader decodes whole row groups, so it bounds what reading any slice of the file costs)."""
     with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression=compression, store_schema=True, write_statistics=True)
+        pq.write_table(table, tmp, compression=compression, store_schema=True, write_statistics=True,
+                       row_group_size=row_group_rows)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -60,6 +60,8 @@ MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 PROGRESS_DIR = "_progress"
 BATCH_ROWS = 65_536  # documents a streaming reader holds at once (`FeatureStore.batches`)
+ROW_GROUP_ROWS = 2048  # documents per Parquet row group: a batch decodes only the row groups it covers, so a
+# streaming stage's memory follows its batch, not the shard (a 50,000-row shard was one 50,000-row group)
 SCRATCH = "scratch"  # _progress/scratch/: executors' staging, removed when the store is finished
 JOB = "job.json"
 
@@ -331,11 +333,11 @@ def write_store(
         n_docs = table.num_rows
         for i, start in enumerate(range(0, max(table.num_rows, 1), shard_rows)):
             rel = f"{layer_dir(layer)}/{shard_name(i)}"
-            atomic.write_parquet(root / rel, table.slice(start, shard_rows))
+            atomic.write_parquet(root / rel, table.slice(start, shard_rows), row_group_rows=ROW_GROUP_ROWS)
             shards.append(shard_info(root, rel))
     for layer, table in (tokens or {}).items():
         rel = f"{layer_dir(layer)}/tokens/{shard_name(0)}"
-        atomic.write_parquet(root / rel, table)
+        atomic.write_parquet(root / rel, table, row_group_rows=ROW_GROUP_ROWS)
         shards.append(shard_info(root, rel))
     manifest = manifest.model_copy(update={"shards": shards, "n_documents": n_docs})
     atomic.write_text(root / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
@@ -496,11 +498,11 @@ class StoreWriter:
             rows = table.num_rows
             if table.num_rows:
                 rel = f"{layer_dir(layer)}/{shard_name(index)}"
-                atomic.write_parquet(self.root / rel, table)
+                atomic.write_parquet(self.root / rel, table, row_group_rows=ROW_GROUP_ROWS)
                 files.append(shard_info(self.root, rel))
             if self.token_level and tokens is not None and tokens[layer].num_rows:
                 rel = f"{layer_dir(layer)}/tokens/{shard_name(index)}"
-                atomic.write_parquet(self.root / rel, tokens[layer])
+                atomic.write_parquet(self.root / rel, tokens[layer], row_group_rows=ROW_GROUP_ROWS)
                 files.append(shard_info(self.root, rel))
         if rejects:
             atomic.write_text(self.rejects_path(index),
