@@ -157,3 +157,20 @@ def test_labels_as_strings_and_bools(tmp_path):
     write_store(tmp_path / "bool", {0: as_bool}, manifest)
     r2 = run(MineOptions(positive="true"), MineInputs(tmp_path / "bool"), tmp_path / "b.yaml").stats
     assert r1["rules"][0]["features"] == r2["rules"][0]["features"]
+
+
+def test_mining_streams_the_store_and_writes_what_one_batch_writes(mined, tmp_path, monkeypatch):
+    """Mining re-reads the store in batches (firing counts, then the candidates' activations) and keeps per document
+    only its label, group and split: batches of 7 documents write the same rule file, byte for byte, as one batch
+    holding the store — for per-language rules with a fraction, and for top1-diff over two layers."""
+    import qscope_data.rules.mine as mine_mod
+
+    store, _, _ = mined
+    cfg = MineOptions(by="lang", name="toxic", top=6, seed=7, fraction=0.7, examples=4)
+    two = labelled_store(tmp_path / "two", n=300, layers={3: 0.5, 5: 1.0}).root
+    whole = [run(cfg, MineInputs(s), tmp_path / f"whole-{i}.yaml").outputs["rules"].read_bytes()
+             for i, s in enumerate((store.root, two))]
+    monkeypatch.setattr(mine_mod, "BATCH_DOCS", 7)
+    batched = [run(cfg, MineInputs(s), tmp_path / f"batched-{i}.yaml").outputs["rules"].read_bytes()
+               for i, s in enumerate((store.root, two))]
+    assert batched == whole and b"layer_selection" in whole[1]

@@ -20,7 +20,7 @@ from qscope_data import atomic
 from qscope_data.errors import UsageError
 from qscope_data.rules import split as splits
 from qscope_data.rules.compile import Needs, Scope, attach_features, compile_expression, field_kinds
-from qscope_data.rules.mine import MineOptions, load_labelled, mine_frame, positives, prf
+from qscope_data.rules.mine import MineOptions, load_labelled, mine_rules, positives, prf
 from qscope_data.rules.parser import parse
 from qscope_data.rules.rulefile import LoadedRuleFile
 from qscope_data.rules.score import evaluate_store, prepare
@@ -92,12 +92,13 @@ def data_efficiency(
     store: FeatureStore, layer: int, cfg: MineOptions, fractions: tuple[float, ...], d_sae: int | None
 ) -> dict[str, Any]:
     """Re-mine on growing fractions of the mining split; F1 of each rule on its group's held-out documents."""
-    df = load_labelled(store, layer, cfg)
-    held = df.filter(pl.col("split") == splits.HELDOUT)
+    lab = load_labelled(store, layer, cfg)
+    held_out = lab.split == splits.HELDOUT
+    held = lab.frame(held_out)  # the documents the curve scores on, with their feature lists
     curves: dict[str, list[dict[str, Any]]] = {}
-    n_mining = df.filter(pl.col("split") != splits.HELDOUT).height
+    n_mining = int((~held_out).sum())
     for fraction in fractions:
-        rules, _ = mine_frame(df, cfg.model_copy(update={"fraction": fraction}))
+        rules, _ = mine_rules(lab, cfg.model_copy(update={"fraction": fraction}))
         for rule in rules:
             part = held if rule.group is None else held.filter(pl.col("group") == rule.group)
             y = part["y"].to_numpy().astype(bool)

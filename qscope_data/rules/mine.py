@@ -11,6 +11,10 @@ Per group (each value of `--by`, and pooled):
 The *held-out* split is never looked at; its seed and fraction go into the file so `rules eval` scores there.
 With several layers in a store, `select_layer` applies the report's "top1-diff" proxy: the layer whose single best
 feature has the largest Δ.
+
+Memory: mining keeps per document its doc_id, label, group and split (`Labelled`), and reads the feature lists in
+batches of `BATCH_DOCS` documents — once to count firings (d_sae counters per group), once to gather the chosen
+candidates' activations (documents × candidates) — so it never holds the store's feature lists.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import polars as pl
@@ -106,6 +110,8 @@ def safe_suffix(value: str) -> str:
 
 # --- data --------------------------------------------------------------------------------------------------------
 
+BATCH_DOCS = 8192  # documents whose feature lists mining holds at once (the store is read in batches, twice)
+
 
 def positives(label: pl.Series, positive: str) -> pl.Series:
     """label == positive, compared as text (so --positive 1 works for int, string and bool labels)."""
@@ -120,47 +126,101 @@ def positives(label: pl.Series, positive: str) -> pl.Series:
     return label.cast(pl.String) == positive
 
 
-def load_labelled(store: FeatureStore, layer: int, cfg: MineOptions) -> pl.DataFrame:
-    """doc_id, y (bool), group, split, feature_ids, max_acts for the labelled documents of a layer."""
+@dataclass
+class Labelled:
+    """The labelled documents of one layer, as mining keeps them: per document its doc_id, label, group and split
+    (≈ the doc_id's bytes + 70 bytes), never its feature lists — those are re-read from the store `BATCH_DOCS`
+    documents at a time, once to count firings and once to gather the chosen candidates' activations."""
+
+    store: FeatureStore
+    layer: int
+    label_field: str
+    doc_ids: list[str]
+    y: np.ndarray  # bool
+    group: np.ndarray  # str (object); None everywhere without --by
+    split: np.ndarray  # str (object): heldout / validation / discovery
+
+    def mask(self, split: str | None = None, group: str | None = None, base: np.ndarray | None = None) -> np.ndarray:
+        m = np.ones(len(self.doc_ids), dtype=bool) if base is None else base.copy()
+        if split is not None:
+            m &= self.split == split
+        if group is not None:
+            m &= self.group == group
+        return m
+
+    def batches(self, columns: list[str]) -> Iterator[tuple[int, pl.DataFrame]]:
+        """(index of the first document, its labelled rows' `columns`), in store order, a bounded batch at a time."""
+        start = 0
+        for batch in self.store.batches(self.layer, [self.label_field, *columns], batch_rows=BATCH_DOCS):
+            rows = batch.filter(pl.col(self.label_field).is_not_null()).select(columns)
+            yield start, rows
+            start += rows.height
+
+    def firing_counts(self, masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per mask, (documents among the positives, documents) each feature fires in — one pass over the store."""
+        d_sae = self.store.manifest.sae(self.layer).d_sae
+        out = [(np.zeros(d_sae, dtype=np.int64), np.zeros(d_sae, dtype=np.int64)) for _ in masks]
+        for start, rows in self.batches(["feature_ids"]):
+            fired = rows["feature_ids"].list.unique()
+            doc = start + np.repeat(np.arange(rows.height), fired.list.len().fill_null(0).to_numpy())
+            feature = fired.explode().drop_nulls().to_numpy().astype(np.int64)
+            for (pos, total), m in zip(out, masks):
+                sel = m[doc]
+                total += np.bincount(feature[sel], minlength=d_sae)[:d_sae]
+                pos += np.bincount(feature[sel & self.y[doc]], minlength=d_sae)[:d_sae]
+        return out
+
+    def activations(self, ids_sorted: list[int], mask: np.ndarray) -> np.ndarray:
+        """max_acts [documents in `mask`, ids] (float64, 0 where absent), in store order — one pass over the store."""
+        parts = [np.zeros((0, len(ids_sorted)))]
+        for start, rows in self.batches(["feature_ids", "max_acts"]):
+            sel = mask[start:start + rows.height]
+            if sel.any():
+                parts.append(feature_matrix(rows.filter(pl.Series(sel)), ids_sorted))
+        return np.vstack(parts)
+
+    def frame(self, mask: np.ndarray) -> pl.DataFrame:
+        """doc_id, feature_ids, max_acts, y, group of the documents in `mask` (for compiling rules over them)."""
+        parts = [rows.filter(pl.Series(mask[start:start + rows.height]))
+                 for start, rows in self.batches(["doc_id", "feature_ids", "max_acts"])]
+        return pl.concat(parts).with_columns(pl.Series("y", self.y[mask]),
+                                             pl.Series("group", self.group[mask].tolist(), dtype=pl.String))
+
+
+def load_labelled(store: FeatureStore, layer: int, cfg: MineOptions) -> Labelled:
+    """The labelled documents of a layer: doc_id, y, group and split, read without their feature lists."""
     lf = store.scan(layer)
     columns = lf.collect_schema().names()
     for opt, col in (("--label-field", cfg.label_field), ("--by", cfg.by)):
         if col is not None and col not in columns:
             raise UsageError(f"{opt} {col!r} is not a column of {store.root} (columns: {', '.join(columns)})")
-    wanted = ["doc_id", cfg.label_field, "feature_ids", "max_acts"] + ([cfg.by] if cfg.by and cfg.by != cfg.label_field else [])
+    wanted = ["doc_id", cfg.label_field] + ([cfg.by] if cfg.by and cfg.by != cfg.label_field else [])
     df = lf.select(wanted).filter(pl.col(cfg.label_field).is_not_null()).collect()
-    y = positives(df[cfg.label_field], cfg.positive).fill_null(False)
-    group = df[cfg.by].cast(pl.String).fill_null("(none)") if cfg.by else pl.Series([None] * df.height, dtype=pl.String)
-    out = df.select("doc_id", "feature_ids", "max_acts").with_columns(
-        y.alias("y"), group.alias("group"), splits.assign(df["doc_id"], cfg.seed, cfg.heldout_fraction, cfg.validation_fraction)
-    )
-    n_pos = int(out["y"].sum())
-    if n_pos == 0 or n_pos == out.height:
+    y = positives(df[cfg.label_field], cfg.positive).fill_null(False).to_numpy().astype(bool)
+    group = (df[cfg.by].cast(pl.String).fill_null("(none)").to_numpy().astype(object) if cfg.by
+             else np.full(df.height, None, dtype=object))
+    split = splits.assign(df["doc_id"], cfg.seed, cfg.heldout_fraction, cfg.validation_fraction)
+    split = split.to_numpy().astype(object)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == df.height:
         seen = ", ".join(map(str, df[cfg.label_field].cast(pl.String).unique().head(8).to_list()))
         side = "positive" if n_pos == 0 else "negative"
         raise UsageError(
             f"{store.root}: no {side} documents for {cfg.label_field} == {cfg.positive!r} (values seen: {seen}); "
             "pass --positive"
         )
-    return out
+    return Labelled(store, layer, cfg.label_field, df["doc_id"].to_list(), y, group, split)
 
 
-def rank_features(df: pl.DataFrame) -> pl.DataFrame:
-    """Features by Δ = P(fires | pos) − P(fires | neg), descending (ties: lower id first)."""
-    n_pos = int(df["y"].sum())
-    n_neg = df.height - n_pos
+def rank_features(pos: np.ndarray, total: np.ndarray, n_pos: int, n_neg: int) -> pl.DataFrame:
+    """Features by Δ = P(fires | pos) − P(fires | neg), descending (ties: lower id first), from firing counts."""
     if n_pos == 0 or n_neg == 0:
         return pl.DataFrame(schema={"feature": pl.Int64, "pos": pl.Int64, "neg": pl.Int64, "p_pos": pl.Float64,
                                     "p_neg": pl.Float64, "delta": pl.Float64})
-    counts = (
-        df.select("y", pl.col("feature_ids").list.unique().alias("feature"))
-        .explode("feature")
-        .drop_nulls("feature")
-        .group_by("feature")
-        .agg(pl.col("y").sum().cast(pl.Int64).alias("pos"), pl.len().cast(pl.Int64).alias("n"))
-    )
+    fired = np.flatnonzero(total)
+    counts = pl.DataFrame({"feature": fired.astype(np.int64), "pos": pos[fired], "n": total[fired]})
     return (
-        counts.with_columns(pl.col("feature").cast(pl.Int64), (pl.col("n") - pl.col("pos")).alias("neg"))
+        counts.with_columns((pl.col("n") - pl.col("pos")).alias("neg"))
         .with_columns((pl.col("pos") / n_pos).alias("p_pos"), (pl.col("neg") / n_neg).alias("p_neg"))
         .with_columns((pl.col("p_pos") - pl.col("p_neg")).alias("delta"))
         .select("feature", "pos", "neg", "p_pos", "p_neg", "delta")
@@ -227,72 +287,97 @@ def choose_k_eps(acts: np.ndarray, y: np.ndarray, grid: list[float],
     return k, eps, prf(pred, y)
 
 
-def mine_group(df: pl.DataFrame, name: str, group: str | None, cfg: MineOptions) -> MinedRule | None:
-    """One OR-rule from the discovery (rank) and validation (choose) parts of `df`; None when it cannot be mined."""
-    disc = df.filter(pl.col("split") == splits.DISCOVERY)
-    val = df.filter(pl.col("split") == splits.VALIDATION)
-    ranked = rank_features(disc).filter(pl.col("delta") > 0).head(cfg.top)
+
+
+@dataclass
+class _Target:
+    """One rule to mine: its name and group, and the discovery / validation documents it is mined on."""
+
+    name: str
+    group: str | None
+    disc: np.ndarray
+    val: np.ndarray
+
+
+def _ranked(lab: Labelled, mask: np.ndarray, counts: tuple[np.ndarray, np.ndarray]) -> pl.DataFrame:
+    n_pos = int(lab.y[mask].sum())
+    return rank_features(*counts, n_pos, int(mask.sum()) - n_pos)
+
+
+def mine_group(lab: Labelled, target: _Target, ranked: pl.DataFrame, acts: np.ndarray, row_of: np.ndarray,
+               col_of: dict[int, int], cfg: MineOptions) -> MinedRule | None:
+    """One OR-rule: features ranked on the discovery part, (k, ε) chosen on the validation part; None when no
+    feature fires more often on positives. `acts[row_of[doc], col_of[feature]]` is a candidate's activation."""
+    ranked = ranked.filter(pl.col("delta") > 0).head(cfg.top)
     if ranked.height == 0:
         return None
-    ids_ranked = ranked["feature"].to_list()
-    ids_sorted = sorted(ids_ranked)
-    order = [ids_sorted.index(i) for i in ids_ranked]  # columns of the sorted matrix in rank order
+    cols = [col_of[int(i)] for i in ranked["feature"].to_list()]
 
-    def ranked_acts(part: pl.DataFrame) -> np.ndarray:
-        return feature_matrix(part, ids_sorted)[:, order]
+    def ranked_acts(docs: np.ndarray) -> np.ndarray:  # [docs, candidates in rank order]
+        return acts[row_of[docs]][:, cols]
 
-    y_disc = disc["y"].to_numpy().astype(bool)
+    disc, val = np.flatnonzero(target.disc), np.flatnonzero(target.val)
+    y_disc, y_val = lab.y[disc], lab.y[val]
     disc_acts = ranked_acts(disc)
     grid = eps_grid(disc_acts[y_disc])
-    y_val = val["y"].to_numpy().astype(bool)
-    if val.height and y_val.any() and (~y_val).any():
+    if val.size and y_val.any() and (~y_val).any():
         k, eps, metrics = choose_k_eps(ranked_acts(val), y_val, grid, cfg.criterion)
         selection = {"split": splits.VALIDATION, **metrics}
     else:  # too little data for a separate validation part: choose on discovery and say so
         k, eps, metrics = choose_k_eps(disc_acts, y_disc, grid, cfg.criterion)
         selection = {"split": splits.DISCOVERY, **metrics}
 
-    mining = pl.concat([disc, val]) if val.height else disc
+    mining = np.concatenate([disc, val])
     mining_acts = ranked_acts(mining)
-    doc_ids = mining["doc_id"].to_list()
     features = []
     for j, row in enumerate(ranked.iter_rows(named=True)):
         col = mining_acts[:, j]
-        top = [doc_ids[i] for i in np.argsort(-col, kind="stable")[: cfg.examples] if col[i] > 0]
+        top = [lab.doc_ids[mining[i]] for i in np.argsort(-col, kind="stable")[: cfg.examples] if col[i] > 0]
         features.append(MinedFeature(
             id=int(row["feature"]), delta=float(row["delta"]), p_pos=float(row["p_pos"]), p_neg=float(row["p_neg"]),
             support_pos=int(row["pos"]), support_neg=int(row["neg"]), examples=top, used=j < k,
         ))
     n_pos = int(y_disc.sum())
-    return MinedRule(name, group, features, k, eps, n_pos, int(disc.height - n_pos), selection)
+    return MinedRule(target.name, target.group, features, k, eps, n_pos, int(disc.size - n_pos), selection)
 
 
-def mine_frame(df: pl.DataFrame, cfg: MineOptions) -> tuple[list[MinedRule], list[str]]:
-    """Rules per group (+ pooled) from a labelled frame (see `load_labelled`); notes say what was skipped and why."""
-    mining = df.filter(pl.col("split") != splits.HELDOUT)
+def mine_rules(lab: Labelled, cfg: MineOptions) -> tuple[list[MinedRule], list[str]]:
+    """Rules per group (+ pooled) from the labelled documents; notes say what was skipped and why. Two passes over
+    the store: firing counts for every group at once, then the activations of every group's candidates."""
+    mining = lab.split != splits.HELDOUT
     if cfg.fraction < 1.0:
-        mining = mining.filter(pl.Series(splits.in_fraction(mining["doc_id"], cfg.seed, cfg.fraction)))
+        mining &= splits.in_fraction(lab.doc_ids, cfg.seed, cfg.fraction)
+    disc_all, val_all = lab.mask(splits.DISCOVERY, base=mining), lab.mask(splits.VALIDATION, base=mining)
+    plan: list[_Target | str] = []
+    if cfg.by:
+        for value in sorted(set(lab.group[mining].tolist())):
+            disc = lab.mask(group=value, base=disc_all)
+            n_pos = int(lab.y[disc].sum())
+            if n_pos == 0 or n_pos == int(disc.sum()):
+                plan.append(f"{cfg.by}={value}: discovery part has only {'negative' if n_pos == 0 else 'positive'} "
+                            "documents; no rule")
+            else:
+                val = lab.mask(group=value, base=val_all)
+                plan.append(_Target(f"{cfg.name}_{safe_suffix(value)}", value, disc, val))
+    plan.append(_Target(f"{cfg.name}_{POOLED}" if cfg.by else cfg.name, None, disc_all, val_all))
+    targets = [t for t in plan if isinstance(t, _Target)]
+    ranked = {id(t): _ranked(lab, t.disc, c) for t, c in zip(targets, lab.firing_counts([t.disc for t in targets]))}
+    ids = sorted({int(f) for r in ranked.values() for f in r.filter(pl.col("delta") > 0).head(cfg.top)["feature"]})
+    used = disc_all | val_all
+    acts = lab.activations(ids, used) if ids else np.zeros((int(used.sum()), 0))
+    row_of = np.full(len(lab.doc_ids), -1, dtype=np.int64)
+    row_of[np.flatnonzero(used)] = np.arange(int(used.sum()))
+    col_of = {f: j for j, f in enumerate(ids)}
     rules: list[MinedRule] = []
     notes: list[str] = []
-    if cfg.by:
-        for value in sorted(mining["group"].unique().to_list()):
-            part = mining.filter(pl.col("group") == value)
-            disc = part.filter(pl.col("split") == splits.DISCOVERY)
-            n_pos = int(disc["y"].sum())
-            if n_pos == 0 or n_pos == disc.height:
-                notes.append(f"{cfg.by}={value}: discovery part has only {'negative' if n_pos == 0 else 'positive'} documents; no rule")
-                continue
-            rule = mine_group(part, f"{cfg.name}_{safe_suffix(value)}", value, cfg)
-            if rule is None:
-                notes.append(f"{cfg.by}={value}: no feature fires more often on positives; no rule")
-            else:
-                rules.append(rule)
-    pooled_name = f"{cfg.name}_{POOLED}" if cfg.by else cfg.name
-    pooled = mine_group(mining, pooled_name, None, cfg)
-    if pooled is None:
-        notes.append("pooled: no feature fires more often on positives; no rule")
-    else:
-        rules.append(pooled)
+    for item in plan:
+        if isinstance(item, str):
+            notes.append(item)
+        elif (rule := mine_group(lab, item, ranked[id(item)], acts, row_of, col_of, cfg)) is not None:
+            rules.append(rule)
+        else:
+            where = f"{cfg.by}={item.group}" if item.group is not None else "pooled"
+            notes.append(f"{where}: no feature fires more often on positives; no rule")
     return rules, notes
 
 
@@ -303,18 +388,17 @@ def select_layer(store: FeatureStore, cfg: MineOptions) -> dict[str, Any]:
     """Per layer, the best feature's Δ on the discovery split (pooled and per group); the layer with the largest wins."""
     layers: dict[int, Any] = {}
     for layer in store.layers:
-        df = load_labelled(store, layer, cfg)
-        disc = df.filter(pl.col("split") == splits.DISCOVERY)
+        lab = load_labelled(store, layer, cfg)
+        disc = lab.mask(splits.DISCOVERY)
+        groups = sorted(set(lab.group[disc].tolist())) if cfg.by else []
+        masks = [disc] + [lab.mask(group=value, base=disc) for value in groups]
+        ranked = [_ranked(lab, m, c) for m, c in zip(masks, lab.firing_counts(masks))]
         entry: dict[str, Any] = {}
-        ranked = rank_features(disc)
-        if ranked.height:
-            entry["pooled"] = {"feature": int(ranked["feature"][0]), "delta": float(ranked["delta"][0])}
+        if ranked[0].height:
+            entry["pooled"] = {"feature": int(ranked[0]["feature"][0]), "delta": float(ranked[0]["delta"][0])}
         if cfg.by:
-            entry["by_group"] = {}
-            for value in sorted(disc["group"].unique().to_list()):
-                r = rank_features(disc.filter(pl.col("group") == value))
-                if r.height:
-                    entry["by_group"][value] = {"feature": int(r["feature"][0]), "delta": float(r["delta"][0])}
+            entry["by_group"] = {value: {"feature": int(r["feature"][0]), "delta": float(r["delta"][0])}
+                                 for value, r in zip(groups, ranked[1:]) if r.height}
         layers[layer] = entry
     scored = [(v["pooled"]["delta"], -layer) for layer, v in layers.items() if "pooled" in v]
     if not scored:
@@ -434,13 +518,13 @@ def run(options: MineOptions, inputs: MineInputs, out: str | Path, *,
             chosen = int(layer_report["chosen"])
         else:
             chosen = store.resolve_layer(int(layer) if layer is not None else None)
-        df = load_labelled(store, chosen, cfg)
-        rules, notes = mine_frame(df, cfg)
+        lab = load_labelled(store, chosen, cfg)
+        rules, notes = mine_rules(lab, cfg)
     if not rules:
         raise UsageError(f"{store.root}: nothing to mine: " + "; ".join(notes))
     sae = store.manifest.sae(chosen)
     header = {"id": sae.source or str(store.manifest.model.get("id", "")), "layer": chosen, "d_sae": sae.d_sae}
-    counts = df.group_by("split").len().sort("split")
+    split_names, split_sizes = np.unique(lab.split.astype(str), return_counts=True)
     metadata: dict[str, Any] = {
         "kind": "qscope-mined-rules",
         "store": str(Path(inputs.store)),
@@ -449,7 +533,7 @@ def run(options: MineOptions, inputs: MineInputs, out: str | Path, *,
         "config": cfg.model_dump(),
         "split": {"method": splits.METHOD, "seed": cfg.seed, "heldout_fraction": cfg.heldout_fraction,
                   "validation_fraction": cfg.validation_fraction,
-                  "documents": {k: int(v) for k, v in counts.iter_rows()}},
+                  "documents": {str(k): int(v) for k, v in zip(split_names, split_sizes)}},
         "notes": notes,
     }
     if layer_report is not None:
