@@ -1,6 +1,6 @@
 """How each stage's cost grows with its input: peak RSS, docs/s and wall at 1×, 3× and 10× a base corpus.
 
-    .venv/bin/python benchmarks/bench_scale.py                 # base 2,000 documents; ~3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_scale.py                 # base 5,000 documents; ~3 minutes on 2 cores
     .venv/bin/python benchmarks/bench_scale.py --base 500      # quicker
 
 The base corpus is synthesised from ../shared/data: each document is a conversation, a question from MGSM and an
@@ -165,7 +165,7 @@ def run_stage(stage: str, root: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=int, default=2000, help="documents in the 1× corpus")
+    ap.add_argument("--base", type=int, default=5000, help="documents in the 1× corpus (more than one 2,048-document batch)")
     ap.add_argument("--scales", default="1,3,10")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--workdir", type=Path, default=None)
