@@ -36,8 +36,15 @@ def test_cached_conversion_is_reused_and_verifies(gemma_dir):
     assert gemma_mod.ensure_gemma(log=lambda m: pytest.fail(f"reconverted: {m}")) == gemma_dir
 
 
-def test_a_corrupt_cache_is_rebuilt(tmp_path, gemma_dir):
-    """A cache whose weights were cut short (a killed copy, a full disk) is detected and converted again."""
+def test_a_corrupt_cache_is_rebuilt(tmp_path, gemma_dir, monkeypatch):
+    """A cache whose weights were cut short (a killed copy, a full disk) is detected and converted again — into the
+    same weights, with the GGUF parsed once for config, tokenizer and weights (it was parsed three times: 60 s)."""
+    import gguf
+
+    parses: list[str] = []
+    real_reader = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *a, **kw: parses.append(str(path)) or real_reader(path, *a, **kw))
+    spy = gguf.GGUFReader
     target = gemma_mod.converted_dir(tmp_path)
     shutil.copytree(gemma_dir, target, ignore=shutil.ignore_patterns("model.safetensors"))
     (target / "model.safetensors").write_bytes(b"\0" * 1024)
@@ -46,6 +53,10 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path, gemma_dir):
     assert rebuilt == target and gemma_mod.check_converted(target, verify=True) is None
     assert any("rebuilding" in m for m in messages)
     assert not list(target.parent.glob(".*.tmp-*"))  # the work folder is gone
+    assert len(parses) == 1 and gguf.GGUFReader is spy  # parsed once; what was there before is put back
+    files = {name: json.loads((d / gemma_mod.MARKER).read_text())["files"]["model.safetensors"] for name, d in
+             (("rebuilt", target), ("cached", gemma_dir))}
+    assert files["rebuilt"] == files["cached"]
 
 
 def test_capture_reads_the_output_of_block_n_as_for_qwen(gemma):
