@@ -287,8 +287,6 @@ def choose_k_eps(acts: np.ndarray, y: np.ndarray, grid: list[float],
     return k, eps, prf(pred, y)
 
 
-
-
 @dataclass
 class _Target:
     """One rule to mine: its name and group, and the discovery / validation documents it is mined on."""
@@ -306,9 +304,9 @@ def _ranked(lab: Labelled, mask: np.ndarray, counts: tuple[np.ndarray, np.ndarra
 
 def mine_group(lab: Labelled, target: _Target, ranked: pl.DataFrame, acts: np.ndarray, row_of: np.ndarray,
                col_of: dict[int, int], cfg: MineOptions) -> MinedRule | None:
-    """One OR-rule: features ranked on the discovery part, (k, ε) chosen on the validation part; None when no
-    feature fires more often on positives. `acts[row_of[doc], col_of[feature]]` is a candidate's activation."""
-    ranked = ranked.filter(pl.col("delta") > 0).head(cfg.top)
+    """One OR-rule from its candidates (`ranked`: the top features with Δ > 0 on the discovery part), (k, ε)
+    chosen on the validation part; None without candidates. `acts[row_of[doc], col_of[feature]]` is a candidate's
+    activation."""
     if ranked.height == 0:
         return None
     cols = [col_of[int(i)] for i in ranked["feature"].to_list()]
@@ -361,8 +359,9 @@ def mine_rules(lab: Labelled, cfg: MineOptions) -> tuple[list[MinedRule], list[s
                 plan.append(_Target(f"{cfg.name}_{safe_suffix(value)}", value, disc, val))
     plan.append(_Target(f"{cfg.name}_{POOLED}" if cfg.by else cfg.name, None, disc_all, val_all))
     targets = [t for t in plan if isinstance(t, _Target)]
-    ranked = {id(t): _ranked(lab, t.disc, c) for t, c in zip(targets, lab.firing_counts([t.disc for t in targets]))}
-    ids = sorted({int(f) for r in ranked.values() for f in r.filter(pl.col("delta") > 0).head(cfg.top)["feature"]})
+    candidates = [_ranked(lab, t.disc, c).filter(pl.col("delta") > 0).head(cfg.top)
+                  for t, c in zip(targets, lab.firing_counts([t.disc for t in targets]))]
+    ids = sorted({int(f) for r in candidates for f in r["feature"]})
     used = disc_all | val_all
     acts = lab.activations(ids, used) if ids else np.zeros((int(used.sum()), 0))
     row_of = np.full(len(lab.doc_ids), -1, dtype=np.int64)
@@ -370,10 +369,11 @@ def mine_rules(lab: Labelled, cfg: MineOptions) -> tuple[list[MinedRule], list[s
     col_of = {f: j for j, f in enumerate(ids)}
     rules: list[MinedRule] = []
     notes: list[str] = []
+    per_target = iter(candidates)  # in plan order
     for item in plan:
         if isinstance(item, str):
             notes.append(item)
-        elif (rule := mine_group(lab, item, ranked[id(item)], acts, row_of, col_of, cfg)) is not None:
+        elif (rule := mine_group(lab, item, next(per_target), acts, row_of, col_of, cfg)) is not None:
             rules.append(rule)
         else:
             where = f"{cfg.by}={item.group}" if item.group is not None else "pooled"
