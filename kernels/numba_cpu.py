@@ -16,15 +16,31 @@ memory traffic per weight, more than the GEMM itself at d_sae = 32,768). Here:
 Both take float32 (or float64) arrays; other dtypes (bf16/fp16) keep the torch paths. Signatures are compiled
 eagerly and cached on disk (`cache=True`), so a call never pays for compilation: the first import after an install
 compiles (~9 s on the 2-core dev VM), later imports load the cache (~1 s, on top of torch). Threads follow torch's
-setting.
+setting, and torch's setting survives the call (see `_torch_threads`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 import torch
 from numba import float32, float64, int64, prange, void
+
+
+def _restore_torch_threads(n: int) -> None:
+    """Put torch's thread count back to `n`. Why: numba's OpenMP layer, once started (by importing the parallel loops
+    below or by their first call), may set the process-wide OpenMP thread count to NUMBA_NUM_THREADS — every core —
+    and torch reads that count: a `torch.set_num_threads(1)` made before the first encode silently became 2 on the
+    dev VM, and every forward after it ran oversubscribed."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+# Compiling (or loading from the cache) the parallel loops below can start numba's OpenMP layer, at import.
+_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
 
 _MERGE_SIG = [void(t[:, ::1], int64, t[:, ::1], int64[:, ::1]) for t in (float32, float64)]
 
@@ -82,6 +98,8 @@ def _rescore_rows(x, w, b64, offset, ids, widths, out):  # pragma: no cover - co
             out[r, j] = acc + b64[f]
 
 
+_restore_torch_threads(_TORCH_THREADS_AT_IMPORT)
+
 COMPILED = (torch.float32, torch.float64)
 
 
@@ -94,8 +112,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _threads() -> None:
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+@contextmanager
+def _torch_threads() -> Iterator[None]:
+    """Run numba's loops on as many threads as torch, and leave torch's count as it was."""
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, n)))
+    try:
+        yield
+    finally:
+        _restore_torch_threads(n)
 
 
 def new_heap(n: int, c: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +130,8 @@ def new_heap(n: int, c: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Te
 
 def merge_tile(tile: torch.Tensor, offset: int, heap_v: torch.Tensor, heap_i: torch.Tensor) -> None:
     """Fold a contiguous [m, w] tile (columns = features offset…offset+w−1) into the rows' min-heaps in place."""
-    _threads()
-    _merge_tile(tile.numpy(), offset, heap_v.numpy(), heap_i.numpy())
+    with _torch_threads():
+        _merge_tile(tile.numpy(), offset, heap_v.numpy(), heap_i.numpy())
 
 
 def rescore_rows(
@@ -117,6 +142,6 @@ def rescore_rows(
     n, width = ids.shape
     out = torch.full((n, width), float("-inf"), dtype=torch.float64)
     off = torch.zeros(x.shape[1], dtype=torch.float64) if offset is None else offset.double()
-    _threads()
-    _rescore_rows(_np(x), _np(W_enc), _np(b64.double()), _np(off), _np(ids.long()), _np(widths.long()), out.numpy())
+    with _torch_threads():
+        _rescore_rows(_np(x), _np(W_enc), _np(b64.double()), _np(off), _np(ids.long()), _np(widths.long()), out.numpy())
     return out

@@ -213,6 +213,31 @@ def test_compiled_rescore_equals_float64_definition():
     assert bool(torch.isneginf(got[~live]).all())
 
 
+def test_compiled_loops_leave_torch_thread_count_as_set():
+    """Numba's OpenMP layer, started when the parallel loops load, reset the process's OpenMP thread count that torch
+    reads: `torch.set_num_threads(1)` before the first encode became NUMBA_NUM_THREADS. A fresh process, since the
+    layer starts once per process."""
+    script = textwrap.dedent("""
+        import json, torch
+        torch.set_num_threads(1)
+        seen = [torch.get_num_threads()]
+        from qscope_kernels import numba_cpu, topk_encode
+        seen.append(torch.get_num_threads())
+        x, W, b = torch.randn(6, 16), torch.randn(64, 16), torch.randn(64)
+        heap_v, heap_i = numba_cpu.new_heap(6, 8, torch.float32)
+        numba_cpu.merge_tile(x @ W.T, 0, heap_v, heap_i)
+        seen.append(torch.get_num_threads())
+        numba_cpu.rescore_rows(x, W, b, heap_i, torch.full((6,), 8), None)
+        topk_encode(x, W, b, 4, impl="blocked")
+        seen.append(torch.get_num_threads())
+        print(json.dumps(seen))
+    """)
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1, 1, 1]
+
+
 def test_blocked_memory_is_a_fraction_of_dense_and_flat_in_d_sae():
     script = textwrap.dedent("""
         import json, torch
