@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -278,6 +279,17 @@ def test_dispatch_and_argument_errors():
     with pytest.raises(ValueError, match="shapes do not fit"):
         topk_encode(x[:, :4], W, b, 5)
     assert qscope_kernels.__name__ == "qscope_kernels"
+
+
+def test_repository_root_does_not_shadow_the_hub_kernels_package():
+    """transformers ≥ 5.25 imports Hugging Face's ``kernels`` package from every model module; run from the
+    repository root (``python -m pytest``, ``python -c``) the top-level ``kernels/`` folder must not be that
+    import name, or every model import fails."""
+    root = Path(__file__).resolve().parents[1]
+    code = "import kernels, transformers.activations, qscope_kernels; print(kernels.__file__ or '')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not Path(out.stdout.strip()).is_relative_to(root / "kernels")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"), reason="interpreter mode is on")
