@@ -44,3 +44,30 @@ def test_suppressed_feature_activation_drops_at_the_steered_block(gemma):
     assert means[0.0] > 0
     assert means[-0.2] < means[-0.05] < means[0.0], means
     assert means[-0.2] < 0.5 * means[0.0], means
+
+
+def test_newline_eos_ids_end_a_line_where_stop_strings_do(gemma):
+    """`generate(stop_at_newline=True)` ends each continuation at the first token holding a line break — the same
+    sampled lines as transformers' ``stop_strings=["\\n"]``, which rescans Gemma's 262k-token vocabulary on every
+    call (seconds each) where the newline ids are computed once per tokenizer."""
+    from qscope_data.synth.steering import generate
+
+    lm, tok = gemma, gemma.tokenizer
+    prompts = ["Fruits:\n- apple\n- pear\n-", "Questions about cooking:\n1. How long do I boil an egg?\n2.",
+               "Capitals:\n- Paris\n- Berlin\n- Madrid\n-", "Tiere:\n- Hund\n- Katze\n-"]
+    kwargs = dict(max_new_tokens=24, temperature=1.0, top_p=0.95, seed=11, batch_size=4, add_special_tokens=True)
+    ours = generate(lm, prompts, stop_at_newline=True, **kwargs)
+
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        torch.manual_seed(11)
+        with torch.inference_mode():
+            ids = lm.model.generate(**enc, max_new_tokens=24, do_sample=True, temperature=1.0, top_p=0.95,
+                                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                    stop_strings=["\n"], tokenizer=tok)
+    finally:
+        tok.padding_side = side
+    raw = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert sum("\n" in t for t in raw) >= 2, raw  # the comparison exercises the stop, not only the length budget
+    assert ours == [t.lstrip(" ").split("\n", 1)[0].strip() for t in raw]

@@ -8,6 +8,7 @@ continuation of one prompt side by side so a feature can be inspected before it 
 from __future__ import annotations
 
 import math
+import weakref
 
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -96,6 +97,19 @@ def render_chat(tokenizer, messages: list[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
+_NEWLINE_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def newline_token_ids(tok) -> list[int]:
+    """Ids of every token whose text holds a line break (cached per tokenizer). As extra eos ids they end a one-line
+    continuation at the same token as transformers' ``stop_strings=["\\n"]``, which rebuilds its criteria — a scan of
+    the whole vocabulary, seconds on Gemma's 262k tokens — on every generate call."""
+    if tok not in _NEWLINE_IDS:
+        texts = tok.batch_decode([[i] for i in range(len(tok))])
+        _NEWLINE_IDS[tok] = [i for i, t in enumerate(texts) if "\n" in t]
+    return _NEWLINE_IDS[tok]
+
+
 def generate(
     lm: LoadedModel,
     prompts: list[str],
@@ -117,6 +131,9 @@ def generate(
     require_causal(lm)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    if stop_at_newline:
+        eos = sorted(set(eos) | set(newline_token_ids(tok)))
     out: list[str] = []
     side = tok.padding_side
     tok.padding_side = "left"
@@ -127,15 +144,13 @@ def generate(
             sampling: dict = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
             if repetition_penalty != 1.0:
                 sampling["repetition_penalty"] = repetition_penalty
-            if stop_at_newline:
-                sampling.update(stop_strings=["\n"], tokenizer=tok)
             torch.manual_seed(seed + start)
             ctx = (steer(lm, steering.layer, steering.direction, steering.alpha, steering.positions)
                    if steering is not None and steering.alpha != 0 else nullcontext())
             with ctx, torch.inference_mode():
                 ids = lm.model.generate(
                     input_ids=enc["input_ids"].to(lm.device), attention_mask=enc["attention_mask"].to(lm.device),
-                    max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=tok.eos_token_id, **sampling,
+                    max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos or None, **sampling,
                 )
             new = ids[:, enc["input_ids"].shape[1]:]
             texts = tok.batch_decode(new, skip_special_tokens=True)
