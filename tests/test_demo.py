@@ -111,7 +111,9 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
 
 def assert_no_user_turn_copies_the_corpus(synth_dir: Path) -> None:
     """No accepted sample — targeted or random baseline — repeats a text of the demo corpus: the check runs against
-    every corpus text, not only the few-shot examples synthesis itself compared against."""
+    every corpus text, not only the few-shot examples synthesis itself compared against; and none is a loop (the
+    degenerate-text bound the run recorded, beside the perplexity bound it applied)."""
+    from qscope_data.synth.fluency import repetition
     from qscope_data.synth.nearcopy import NearCopyCheck
     from qscope_data.synth.output import BASELINE_DIR, load_synthetic
 
@@ -124,6 +126,11 @@ def assert_no_user_turn_copies_the_corpus(synth_dir: Path) -> None:
         user = next(m["content"] for m in sample.messages if m["role"] == "user")
         verdict = check.check(user)
         assert not verdict.is_copy, (sample.doc_id, user, verdict.detail())
+    fluency = json.loads((synth_dir / "summary.json").read_text())["fluency"]
+    assert fluency["max_perplexity"] is not None  # Gemma is causal: the perplexity bound was measured and applied
+    for sample in samples:
+        user = next(m["content"] for m in sample.messages if m["role"] == "user")
+        assert repetition(user, fluency["ngram"]) <= fluency["max_repetition"], (sample.doc_id, user)
 
 
 def assert_logit_lens_is_gemmas_unembedding(table_path: Path, gemma_dir: Path) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from qscope_data.cli.params import option
 from qscope_data.outputs import folder_option
+from qscope_data.synth.fluency import FluencyOptions
 from qscope_data.synth.nearcopy import NearCopyOptions
 from qscope_data.synth.options import SynthInputs, SynthOptions
 
@@ -58,6 +59,10 @@ def synth(
                                       help="Word 3-gram Jaccard with a reference example at which a candidate is a near-copy."),
     near_copy_containment: float = option(NearCopyOptions, "containment", "--near-copy-containment",
                                           help="Share of an example's word 3-grams a candidate may hold before it is a near-copy."),
+    max_perplexity_ratio: float | None = option(FluencyOptions, "max_perplexity_ratio", "--max-perplexity-ratio",
+                                                help="Reject a candidate whose perplexity under the verifying model exceeds this × the gap examples' median (degenerate text)."),
+    max_repetition: float | None = option(FluencyOptions, "max_repetition", "--max-repetition",
+                                          help="Reject a candidate whose share of repeated character 10-grams exceeds this (a loop)."),
     baseline: tuple[str, str] | None = typer.Option(None, "--baseline", metavar="random N|match",
                                              help="random N: also write N untargeted samples (same generator, shots drawn from the harmful reference pool) and report them beside the targeted ones; random match: as many as the targeted run wrote prompt candidates."),
     candidates: int = option(SynthOptions, "candidates", "--candidates", help="Prompts written per slot and attempt; the one whose prompt fires the target feature most is answered and verified."),
@@ -82,6 +87,7 @@ def synth(
         generator=generator, per_feature=per_feature, candidates=candidates, threshold=threshold,
         max_attempts=max_attempts, languages=_split(languages) or [], verify=verify, max_features=max_features,
         seed=seed, near_copy={"jaccard": near_copy_jaccard, "containment": near_copy_containment},
+        fluency={"max_perplexity_ratio": max_perplexity_ratio, "max_repetition": max_repetition},
     )
     if baseline is not None:
         if baseline[0] != "random":

@@ -71,6 +71,11 @@ def _synthetic_section(sets: list[dict[str, Any]]) -> list[str]:
         if nc:
             line += (f", and it is no near-copy of a reference example (verbatim, word 3-gram Jaccard ≥ {nc.get('jaccard')} "
                      f"or ≥ {nc.get('containment')} of an example's 3-grams)")
+        fl = p.get("fluency")
+        if fl and fl.get("max_perplexity") is not None:
+            line += (f", and it is fluent (perplexity under the verifying model ≤ {fl['max_perplexity']:.4g}, "
+                     f"{fl.get('max_perplexity_ratio')} × the reference texts' median; repeated character "
+                     f"{fl.get('ngram')}-grams ≤ {fl.get('max_repetition')})")
         tg, rd = p.get("targeted_gap_coverage"), p.get("random_gap_coverage")
         if tg and rd:
             line += (f". Gap features covered: {tg['covered']}/{tg['total']} targeted vs {rd['covered']}/{rd['total']} "

@@ -3,10 +3,10 @@
 Why: "targeted synthesis covers the gaps" means something only beside what untargeted synthesis of the same kind
 achieves. The baseline writes N samples with the same generator: each few-shot prompt draws its shots at random
 from the whole harmful reference pool (no target feature, no description, never steered), responses as for the
-targeted samples, the same exact/near-duplicate and near-copy rejection (against the whole pool) and the same
-verification encode. A sample is accepted when it is no copy and fires at least one gap feature above the
-threshold ("not_firing" otherwise); gap coverage is the share of gap features that fire on ≥ 1 accepted sample —
-the measure the targeted run is reported with beside it.
+targeted samples, the same exact/near-duplicate, near-copy (against the whole pool) and degenerate-text rejection
+(the targeted run's check and bound) and the same verification encode. A sample is accepted when it is no copy, is
+fluent and fires at least one gap feature above the threshold ("not_firing" otherwise); gap coverage is the share
+of gap features that fire on ≥ 1 accepted sample — the measure the targeted run is reported with beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from qscope_data.errors import UsageError
 from qscope_data.inputs import Record, iter_records
 from qscope_data.synth.dedup import CandidateDedup
 from qscope_data.synth.fewshot import user_text
+from qscope_data.synth.fluency import FluencyCheck
 from qscope_data.synth.nearcopy import NearCopyCheck, NearCopyOptions
 from qscope_data.synth.requests import GapTarget, Slot, prompt_request, response_request
 from qscope_data.synth.verify import Candidate, Verifier
@@ -78,6 +79,7 @@ def fired_gaps(table, row: int, gap_ids: list[int], threshold: float) -> dict[in
 
 def run_random_baseline(n: int, pool: list[str], languages: list[str], generate: Callable, verifier: Verifier,
                         gap_ids: list[int], *, threshold: float, shots: int, near_copy: NearCopyOptions,
+                        fluency: FluencyCheck,
                         near_duplicate_threshold: float, seed: int = 0) -> BaselineResult:
     """N untargeted samples (see the module docstring). `generate(requests)` is the synthesis loop's generator call."""
     rng = random.Random(seed)
@@ -104,6 +106,10 @@ def run_random_baseline(n: int, pool: list[str], languages: list[str], generate:
         verdict = check.check(res.text)
         if verdict.is_copy:
             reject(slot, "near_copy", verdict.detail(), res.text, novelty=verdict.novelty)
+            continue
+        fluent = fluency.check(res.text)
+        if fluent.degenerate:
+            reject(slot, "degenerate", fluent.detail(), res.text, novelty=verdict.novelty)
             continue
         dup = dedup.check(slot.id, res.text)
         if dup is not None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
+from qscope_data.synth.fluency import FluencyOptions
 from qscope_data.synth.nearcopy import NearCopyOptions
 from qscope_data.synth.requests import BENIGN_CATEGORIES, VARIANTS, Variant
 
@@ -33,6 +34,7 @@ class SynthOptions(BaseModel):
     max_features: int | None = Field(None, ge=1, description="only the first N gaps (they come biggest-first)")
     variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS))
     near_copy: NearCopyOptions = Field(default_factory=NearCopyOptions)
+    fluency: FluencyOptions = Field(default_factory=FluencyOptions)
     baseline_random: int | Literal["match"] | None = Field(
         None, description="also write N untargeted samples (the random baseline); match: as many as the targeted run "
                           "wrote prompt candidates (the same generation budget)")

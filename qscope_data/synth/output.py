@@ -172,7 +172,8 @@ def synth_provenance(folder: Path) -> dict[str, Any] | None:
         "generator": gen.get("name"), "generator_kind": gen.get("kind"),
         "verify": summary.get("verify"), "threshold": summary.get("threshold"), "layer": summary.get("layer"),
         "verifying_model": (summary.get("model") or {}).get("id"), "sae": (summary.get("sae") or {}).get("source"),
-        "near_copy": summary.get("near_copy") or None, "accepted": (summary.get("totals") or {}).get("accepted"),
+        "near_copy": summary.get("near_copy") or None, "fluency": summary.get("fluency") or None,
+        "accepted": (summary.get("totals") or {}).get("accepted"),
     }
     for key in ("targeted", "random"):
         if key in comp:

@@ -101,6 +101,8 @@ def _comparison_html(summary: dict[str, Any]) -> list[str]:
               row("candidates generated", lambda c: c["candidates"]),
               row("accepted", lambda c: c["accepted"]),
               row("rejected: near-copy of a reference example", lambda c: rej(c, "near_copy")),
+              row("candidates dropped as degenerate text (perplexity / repetition)",
+                  lambda c: c.get("degenerate_candidates", rej(c, "degenerate"))),
               row("rejected: target / gap feature not firing",
                   lambda c: rej(c, "below_threshold") + rej(c, "not_firing")),
               row("rejected: duplicate of an earlier candidate",

@@ -197,6 +197,8 @@ def feedback_text(reason: str, activation: float | None, threshold: float, featu
                 "(the request did not express the concept strongly enough)")
     if reason == "near_copy":
         return "it copied one of the example texts; write a new request in your own words"
+    if reason == "degenerate":
+        return "it was not fluent text (garbled or looping); write one clear, natural request"
     if reason in ("duplicate", "near_duplicate"):
         return "it repeated an earlier request; write something new"
     return f"it failed ({reason})"

@@ -48,6 +48,7 @@ from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
 from qscope_data.synth.dedup import CandidateDedup
+from qscope_data.synth.fluency import FluencyCheck
 from qscope_data.synth.nearcopy import NearCopyCheck
 from qscope_data.synth.options import SynthInputs, SynthOptions
 from qscope_data.synth.output import (
@@ -136,6 +137,7 @@ class SynthSummary(BaseModel):
     baseline: dict[str, Any] | None = None  # the random baseline (same generator and verification), when asked
     comparison: dict[str, Any] = Field(default_factory=dict)  # targeted vs random, side by side
     near_copy: dict[str, Any] = Field(default_factory=dict)
+    fluency: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     code_version: str = ""
@@ -219,14 +221,16 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
     if options.baseline_random and not pool:
         raise UsageError("--baseline random: no reference texts for its shots (the gap report has no examples; "
                          "pass --baseline-pool)")
-    tally = {"prompt_candidates": 0, "near_copy_candidates": 0}
+    fluency = FluencyCheck(lm, list(dict.fromkeys(e for g in report.gaps for e in g.examples if e.strip())),
+                           options.fluency)
+    tally = {"prompt_candidates": 0, "near_copy_candidates": 0, "degenerate_candidates": 0}
     with Bar("synth slots", len(slots), enabled=progress, unit="slots") as bar:
         for attempt in range(1, options.max_attempts + 1):
             pending = [states[s.id] for s in slots if not states[s.id].done]
             if not pending:
                 break
             bar.note(f"attempt {attempt}/{options.max_attempts}")
-            _attempt_round(pending, attempt, generator, verifier, dedup, copies, gap_ids, options, bar, tally)
+            _attempt_round(pending, attempt, generator, verifier, dedup, copies, fluency, gap_ids, options, bar, tally)
             bar.advance(sum(1 for st in pending if st.done or attempt == options.max_attempts))
         baseline = None
         if options.baseline_random:
@@ -234,7 +238,7 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
                 tally["prompt_candidates"] if options.baseline_random == "match" else options.baseline_random, pool,
                 [s.lang for s in slots] or ["en"], lambda reqs: _generate(generator, reqs, bar), verifier,
                 gap_ids, threshold=options.threshold, shots=inputs.baseline_shots, near_copy=options.near_copy,
-                near_duplicate_threshold=inputs.near_duplicate_threshold, seed=options.seed)
+                fluency=fluency, near_duplicate_threshold=inputs.near_duplicate_threshold, seed=options.seed)
 
     _clear_previous(out)
     failed = [st for st in states.values() if st.history and all(h["reason"] == "generator_error" for h in st.history)]
@@ -270,6 +274,7 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
     attempt_reasons = _count(h["reason"] for st in states.values() for h in st.history)
     comparison: dict[str, Any] = {"targeted": {
         "candidates": tally["prompt_candidates"], "near_copy_candidates": tally["near_copy_candidates"],
+        "degenerate_candidates": tally["degenerate_candidates"],
         "attempts": n_attempts, "accepted": len(accepted), "rejected_attempts_by_reason": attempt_reasons,
         "gap_coverage": _subset(len(covered_targeted), len(gap_ids)), "covered_features": covered_targeted,
         "novelty_accepted": [st.novelty for s in slots if (st := states[s.id]).done],
@@ -295,7 +300,7 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
         gaps_file=str(Path(inputs.gaps).resolve()), threshold=options.threshold, verify=options.verify,
         languages=options.languages, variants=list(options.variants), per_feature=options.per_feature,
         max_attempts=options.max_attempts, features=features, totals=totals, coverage=coverage,
-        baseline=baseline_summary, comparison=comparison, near_copy=options.near_copy.model_dump(),
+        baseline=baseline_summary, comparison=comparison, near_copy=options.near_copy.model_dump(), fluency=fluency.describe(),
         warnings=[*report.warnings, *warnings], seconds=round(time.perf_counter() - start, 3), code_version=code_version(),
     )
     written = write_synth_report(summary.model_dump(mode="json"), out)
@@ -308,11 +313,12 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
 
 
 def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator, verifier: Verifier,
-                   dedup: CandidateDedup, copies: dict[int, NearCopyCheck], gap_ids: list[int], opts: SynthOptions,
-                   bar: Bar, tally: dict[str, int]) -> None:
-    """One attempt for every pending slot: `candidates` prompts → rewrites → near-copy check → screening → dedup →
-    response → verify → accept or record why not. A near-copy of one of the target's reference examples is dropped
-    before anything else (it would fire the feature by construction, and it is not new data). With several
+                   dedup: CandidateDedup, copies: dict[int, NearCopyCheck], fluency: FluencyCheck, gap_ids: list[int],
+                   opts: SynthOptions, bar: Bar, tally: dict[str, int]) -> None:
+    """One attempt for every pending slot: `candidates` prompts → rewrites → near-copy and degenerate-text checks →
+    screening → dedup → response → verify → accept or record why not. A near-copy of one of the target's reference
+    examples is dropped before anything else (it would fire the feature by construction, and it is not new data),
+    and so is token soup (`qscope_data.synth.fluency`: it can fire a feature without being a request). With several
     candidates, each surviving prompt is encoded alone and the one whose prompt fires the target feature most goes
     on (screening picks; the verification of the finished sample decides)."""
     owners: list[SlotState] = []
@@ -350,14 +356,17 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
             verdict = copies[st.slot.target.feature].check(text)
             if verdict.is_copy:
                 tally["near_copy_candidates"] += 1
-                last_copy = (text, verdict)
+                last_bad = (text, "near_copy", verdict.detail())
+            elif (fluent := fluency.check(text)).degenerate:
+                tally["degenerate_candidates"] += 1
+                last_bad = (text, "degenerate", fluent.detail())
             else:
                 keep.append((text, verdict.novelty))
         if keep:
             options[st.slot.id] = keep
         else:
-            st.last_candidate = [{"role": "user", "content": last_copy[0]}]
-            st.fail(attempt, candidate_id(st.slot, attempt), "near_copy", last_copy[1].detail())
+            st.last_candidate = [{"role": "user", "content": last_bad[0]}]
+            st.fail(attempt, candidate_id(st.slot, attempt), last_bad[1], last_bad[2])
 
     if opts.candidates > 1:
         _screen(options, pending, verifier, attempt)
