@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,9 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
     assert (out / ".prefect-home").is_dir()  # flow state kept with the demo, not in ~/.prefect
     report = (out / "report" / "report.html").read_text()
     assert "data:image/png;base64," in report and "Toxicity" in report and "Gemma Terms of Use" in report
+    # targeted synthesis' gap coverage stands beside the random baseline's, in the summary and the overview page
+    assert "vs random baseline" in report
+    assert "vs random baseline" in re.sub(r"[\s│]+", " ", run.stdout), run.stdout[-3000:]
     shards = sorted((out / "shards" / "data").glob("*.parquet"))
     assert shards
     rows = datasets.load_dataset("parquet", data_files=[str(p) for p in shards], split="train")

@@ -163,7 +163,8 @@ def _write_overview(s: DemoSummary, where, tox_dir: Path, tox: dict) -> None:
         ("Safety-feature coverage of the SFT set", f"{cov.get('covered')}/{cov.get('total')} features fire on ≥ "
                                                    f"{s.gaps.get('min_docs', 1)} documents; {len(s.gaps.get('gaps', []))} gaps"),
         ("After verified synthesis", f"{after.get('covered')}/{after.get('total')} features; "
-                                     f"{s.synth.get('totals', {}).get('accepted', 0)} samples accepted"),
+                                     f"{s.synth.get('totals', {}).get('accepted', 0)} samples accepted"
+                                     + html.escape(_synth_comparison(s))),
         ("Curated shards", html.escape(json.dumps({k: counts.get(k) for k in ('rows', 'kept', 'removed', 'synthetic', 'input') if k in counts}))),
     ]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
@@ -209,6 +210,17 @@ def _inventory_line(s: "DemoSummary") -> str:
             f"fires {dens.get('median_share', float('nan')):.1%} of the dictionary")
 
 
+def _synth_comparison(s: "DemoSummary") -> str:
+    """Gap coverage of targeted synthesis beside the random baseline's at the same budget ("" without a baseline)."""
+    comp = s.synth.get("comparison", {})
+    t, r = comp.get("targeted", {}), comp.get("random")
+    if not r:
+        return ""
+    tg, rg = t.get("gap_coverage", {}), r.get("gap_coverage", {})
+    return (f"; gaps covered: targeted {tg.get('covered')}/{tg.get('total')} vs random baseline "
+            f"{rg.get('covered')}/{rg.get('total')} ({t.get('candidates')} vs {r.get('candidates')} candidates)")
+
+
 def print_summary(s: DemoSummary, console) -> None:
     from rich.table import Table
 
@@ -223,7 +235,7 @@ def print_summary(s: DemoSummary, console) -> None:
     table.add_row("gaps", f"{len(s.gaps.get('gaps', []))} of {cov.get('total')} inventory features fire on fewer than "
                           f"{s.gaps.get('min_docs', 1)} SFT documents")
     table.add_row("synthesis", f"{totals.get('accepted', 0)} verified samples; coverage {cov.get('covered')} → {after.get('covered')} "
-                               f"of {cov.get('total')}")
+                               f"of {cov.get('total')}" + _synth_comparison(s))
     table.add_row("curated", ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, (int, float))))
     for name in ("report", "gap_report", "feature_dashboards", "shards"):
         table.add_row(name, s.paths[name])
