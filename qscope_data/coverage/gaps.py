@@ -110,7 +110,8 @@ class GapsOptions(BaseModel):
 
     by: list[str] | None = None  # None: lang when the target has it
     min_docs: int = Field(1, ge=1)
-    examples: int = Field(3, ge=0)
+    examples: int = Field(8, ge=0, description="reference texts kept per gap, top by activation: few-shot synthesis "
+                                              "draws its shots (4 by default) from them, and a retry sees others")
 
 
 _DEFAULT = GapsOptions()
