@@ -7,7 +7,8 @@
 - suppress: N prompts prone to drift into Chinese — an English/Chinese PUD sentence pair, then the opening of another
   English sentence (the pattern invites a Chinese line next) — steered −α;
 - per α: share of the continuation's letters in Chinese (the project's code-switching detector), share of outputs
-  with any Chinese, median perplexity of the continuation under the unsteered model, projection on the direction;
+  with any Chinese, median perplexity of the continuation under the unsteered model, mean share of repeated
+  character 10-grams (a loop's perplexity is low), projection on the direction;
   plus a random direction at the largest α (same norm, same prompts): the perplexity cost of steering without
   the language direction.
 
@@ -77,7 +78,8 @@ def sae_direction(lm, sae_dir: str, layer: int, zh: list[str], en: list[str]) ->
 
 def main() -> None:
     from qscope_data.capture import load_model
-    from qscope_data.synth.steer_eval import (SteerEvalOptions, markdown_table, mean_difference, sweep, sweep_figure)
+    from qscope_data.synth.steer_eval import (SteerEvalOptions, markdown_table, mean_difference, sweep, sweep_figure,
+                                             table_row)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="causal LM folder (default: the demo's Gemma-3-270M)")
@@ -122,9 +124,7 @@ def main() -> None:
     print(f"α unit: median residual norm at the block = {result['residual_scale']:.1f}; greedy, repetition penalty "
           f"{options.repetition_penalty}, {options.max_new_tokens} new tokens; α = 0 is the unsteered baseline")
     print(markdown_table(result))
-    r = control["rows"][0]
-    print(f"| control: random direction | {r['alpha']:+g} | {r['n']} | {r['target_share']:.3f} | {r['with_target']:.2f} | "
-          f"{r['perplexity_median']} | {r['projection']:.1f} |")
+    print(table_row(control["rows"][0], "control: random direction"))
     print(f"{seconds:.0f} s; outputs and figure in {out}")
     for s in result["samples"][:: max(1, args.n)]:
         print(f"  [{s['set']} α={s['alpha']:+g}] {s['prompt'][-40:]!r} → {s['output'][:80]!r}")

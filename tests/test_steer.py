@@ -117,6 +117,7 @@ def test_cli_steer_eval_sweeps_alpha_over_both_prompt_sets(tiny_model_dir, sae, 
         ("amplify", 0.0, 2), ("amplify", 0.5, 2), ("suppress", -0.0, 1), ("suppress", -0.5, 1)]
     amp = [r for r in result["rows"] if r["set"] == "amplify"]
     assert amp[1]["projection"] > amp[0]["projection"]  # +α moves the block output along the feature's direction
+    assert all(0.0 <= r["repetition_mean"] <= 1.0 for r in result["rows"]) and "repeated 10-grams" in stdout
     assert result["residual_scale"] > 0 and (out / "steer_eval.png").stat().st_size > 1000 and "| amplify |" in stdout
     prompts.write_text('{"text": "x", "set": "sideways"}\n', encoding="utf-8")
     code, _, err = qscope("steer", "--model", model, "--sae", sae_path, "--layer", LAYER, "--feature", FEATURE,

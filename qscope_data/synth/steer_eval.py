@@ -8,7 +8,8 @@ steered with +α along a language direction of another (does the output move int
   `qscope_data.sasft.langdetect`: script letters for zh/ru/…, stopword-labelled segments for Latin languages), and
   the share of continuations that contain it at all;
 - quality cost: perplexity of the continuation under the *unsteered* model given the prompt — where it climbs,
-  over-steering has started;
+  over-steering has started — and the mean share of its character 10-grams that repeat an earlier one
+  (`synth.fluency.repetition`): a steered loop is predictable, so perplexity alone misses it;
 - the direction's own read-out: the steered block's residual projected on the unit direction, averaged over the
   continuation's positions (an SAE feature's pre-activation when the direction is one).
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data.capture import LoadedModel, edit_block_output
 from qscope_data.sasft.langdetect import detect
+from qscope_data.synth.fluency import repetition
 from qscope_data.synth.steering import generate, residual_scale, scaled_steering
 
 PromptSet = Literal["amplify", "suppress"]
@@ -126,11 +128,13 @@ def sweep(lm: LoadedModel, layer: int, direction: torch.Tensor, prompts: list[Ev
             ppl = [continuation_perplexity(lm, p, t, add_special_tokens=o.add_special_tokens) for p, t in zip(texts, outs)]
             proj = [_projection(lm, layer, steering, p, t, unit, o.add_special_tokens) for p, t in zip(texts, outs)]
             finite = [x for x in ppl if x is not None]
+            reps = [repetition(t) for t in outs]
             rows.append({
                 "set": set_name, "alpha": signed, "n": len(group),
                 "target_share": round(sum(shares) / len(shares), 4),
                 "with_target": round(sum(1 for s in shares if s > 0) / len(shares), 4),
                 "perplexity_median": round(sorted(finite)[len(finite) // 2], 3) if finite else None,
+                "repetition_mean": round(sum(reps) / len(reps), 4),
                 "projection": round(sum(proj) / len(proj), 3),
             })
             samples += [{"set": set_name, "alpha": signed, "prompt": p, "output": t} for p, t in zip(texts, outs)]
@@ -171,13 +175,18 @@ def sweep_figure(result: dict[str, Any]) -> bytes:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    lines = ["| set | α | n | share of output in " + result["target_lang"] + " | outputs with any | median perplexity | projection on d̂ |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        ppl = "–" if r["perplexity_median"] is None else f"{r['perplexity_median']:.1f}"
-        lines.append(f"| {r['set']} | {r['alpha']:+g} | {r['n']} | {r['target_share']:.3f} | {r['with_target']:.2f} | "
-                     f"{ppl} | {r['projection']:.1f} |")
+    lines = ["| set | α | n | share of output in " + result["target_lang"] + " | outputs with any | median perplexity | "
+             "repeated 10-grams | projection on d̂ |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [table_row(r) for r in result["rows"]]
     return "\n".join(lines)
+
+
+def table_row(r: dict[str, Any], label: str | None = None) -> str:
+    """One row of `markdown_table` (`label` replaces the set name, e.g. for a control run)."""
+    ppl = "–" if r["perplexity_median"] is None else f"{r['perplexity_median']:.1f}"
+    return (f"| {label or r['set']} | {r['alpha']:+g} | {r['n']} | {r['target_share']:.3f} | {r['with_target']:.2f} | "
+            f"{ppl} | {r['repetition_mean']:.2f} | {r['projection']:.1f} |")
 
 
 def mean_difference(lm: LoadedModel, layer: int, texts_a: list[str], texts_b: list[str], *, max_tokens: int = 64) -> torch.Tensor:
