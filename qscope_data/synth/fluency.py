@@ -60,17 +60,24 @@ def repetition(text: str, n: int = 10) -> float:
     return repeats / total
 
 
-def perplexity(lm: LoadedModel, text: str, *, max_tokens: int = 256) -> float | None:
-    """exp(mean NLL) of the text's tokens under the model as loaded, each given those before it (the tokenizer's
-    special prefix included as context, not scored); None when fewer than one token can be scored."""
-    ids = lm.tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
-    if len(ids) < 2:
+def scored_perplexity(lm: LoadedModel, ids: list[int], start: int) -> float | None:
+    """exp(mean NLL) of the tokens `ids[start:]`, each given all tokens before it, under the model as loaded (the
+    first token, having no context, is never scored); None when nothing is left to score."""
+    start = max(start, 1)
+    if start >= len(ids):
         return None
     x = torch.tensor([ids], device=lm.device)
     with torch.inference_mode():
-        logits = lm.model(input_ids=x).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="mean")
+        logits = lm.model(input_ids=x).logits[0, start - 1:-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, x[0, start:], reduction="mean")
     return float(math.exp(min(float(nll), 50.0)))
+
+
+def perplexity(lm: LoadedModel, text: str, *, max_tokens: int = 256) -> float | None:
+    """Perplexity of the whole text (the tokenizer's special prefix as context, not scored); None when fewer than
+    one token can be scored."""
+    ids = lm.tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
+    return scored_perplexity(lm, ids, 1)
 
 
 @dataclass(frozen=True)

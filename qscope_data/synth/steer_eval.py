@@ -20,7 +20,6 @@ so the α = 0 row is the baseline and every difference comes from steering.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qscope_data.capture import LoadedModel, edit_block_output
 from qscope_data.sasft.langdetect import detect
-from qscope_data.synth.fluency import repetition
+from qscope_data.synth.fluency import repetition, scored_perplexity
 from qscope_data.synth.steering import generate, residual_scale, scaled_steering
 
 PromptSet = Literal["amplify", "suppress"]
@@ -69,13 +68,7 @@ def continuation_perplexity(lm: LoadedModel, prompt: str, continuation: str, *, 
     tok = lm.tokenizer
     p_ids = tok(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     c_ids = tok(continuation, add_special_tokens=False)["input_ids"]
-    if not c_ids:
-        return None
-    ids = torch.tensor([p_ids + c_ids], device=lm.device)
-    with torch.inference_mode():
-        logits = lm.model(input_ids=ids).logits[0, len(p_ids) - 1:-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, ids[0, len(p_ids):], reduction="mean")
-    return float(math.exp(min(float(nll), 50.0)))
+    return scored_perplexity(lm, p_ids + c_ids, len(p_ids)) if c_ids else None
 
 
 def _projection(lm: LoadedModel, layer: int, steering, prompt: str, continuation: str, unit: torch.Tensor,

@@ -215,14 +215,13 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
     dedup = CandidateDedup(inputs.near_duplicate_threshold)
     copies = {t.feature: NearCopyCheck(t.examples, options.near_copy) for t in targets}
     gap_ids = [t.feature for t in targets]
+    examples = list(dict.fromkeys(e for g in report.gaps for e in g.examples if e.strip()))
     pool = (load_pool(inputs.baseline_pool, field_name=inputs.baseline_pool_field, benign=inputs.benign_categories)
-            if options.baseline_random and inputs.baseline_pool else
-            list(dict.fromkeys(e for g in report.gaps for e in g.examples if e.strip())))
+            if options.baseline_random and inputs.baseline_pool else examples)
     if options.baseline_random and not pool:
         raise UsageError("--baseline random: no reference texts for its shots (the gap report has no examples; "
                          "pass --baseline-pool)")
-    fluency = FluencyCheck(lm, list(dict.fromkeys(e for g in report.gaps for e in g.examples if e.strip())),
-                           options.fluency)
+    fluency = FluencyCheck(lm, examples, options.fluency)
     tally = {"prompt_candidates": 0, "near_copy_candidates": 0, "degenerate_candidates": 0}
     with Bar("synth slots", len(slots), enabled=progress, unit="slots") as bar:
         for attempt in range(1, options.max_attempts + 1):
