@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from cli_inprocess import qscope
 from qscope_data.synth.fluency import FluencyCheck, FluencyOptions, repetition
 from qscope_data.synth.generators import GenerationResult, TemplateGenerator
 from qscope_data.synth.options import SynthInputs, SynthOptions
@@ -108,3 +109,10 @@ def test_degenerate_candidates_are_dropped_counted_and_reported(world, tmp_path)
     assert summary.fluency["max_repetition"] == FluencyOptions().max_repetition
     html = (tmp_path / "f" / "report.html").read_text()
     assert "degenerate text" in html
+
+
+def test_a_bad_bound_is_one_line_naming_its_flag(world, tmp_path, capsys):
+    code, _, err = qscope("synth", "--gaps", world.gaps, "--model", world.model, "--sae", world.sae,
+                          "--out", tmp_path / "bad", "--fluency-max-repetition", 2, "--no-progress", capsys=capsys)
+    assert code == 2 and "--fluency-max-repetition" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()

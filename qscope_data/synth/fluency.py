@@ -28,7 +28,7 @@ from qscope_data.capture import LoadedModel
 
 
 class FluencyOptions(BaseModel):
-    """Bounds of degenerate-text rejection (`qscope synth --max-perplexity-ratio/--max-repetition`)."""
+    """Bounds of degenerate-text rejection (`qscope synth --fluency-max-perplexity-ratio/--fluency-max-repetition`)."""
 
     model_config = ConfigDict(extra="forbid")
 
