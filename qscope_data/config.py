@@ -56,6 +56,7 @@ class CorpusConfig(_Strict):
     max_tokens: int = _same(EncodeOptions, "max_tokens")
     keep_first: bool = _same(EncodeOptions, "keep_first")
     span: Literal["all", "prompt", "response"] = _same(EncodeOptions, "span")
+    text_as: Literal["text", "user"] = _same(EncodeOptions, "text_as")
     drop_text: bool = _same(EncodeOptions, "drop_text")
     token_level: bool = _same(EncodeOptions, "token_level")
 

@@ -41,7 +41,7 @@ from qscope_data.passthrough import PassthroughColumns
 from qscope_data.progress import Bar
 from qscope_data.result import Result
 from qscope_data.sae import SparseAutoencoder, load_sae
-from qscope_data.spans import tokenize_records
+from qscope_data.spans import reads_as_chat, tokenize_records
 from qscope_data.store import (
     FEATURE_SCHEMA,
     TOKEN_SCHEMA,
@@ -111,7 +111,7 @@ def encode_records(
     layers = sorted(saes)
     if tokenized is None:
         tokenized = tokenize_records(lm.tokenizer, records, max_tokens=options.max_tokens, span=options.span,
-                                     keep_first=options.keep_first)
+                                     keep_first=options.keep_first, text_as=options.text_as)
     rejects = [Reject(r.file, r.line, t, r.doc_id) for r, t in zip(records, tokenized) if isinstance(t, str)]
     ok = [i for i, t in enumerate(tokenized) if not isinstance(t, str)]
     docs = [tokenized[i] for i in ok]
@@ -304,7 +304,8 @@ def encode_shard(
         first = result.rejects[0]
         raise DataError(f"{first.file}:{first.line}: {first.reason} (--on-error fail)")
     rejects = [r.to_json() for r in sorted(shard.rejects + result.rejects, key=lambda r: (r.file, r.line))]
-    stats = {"n_records": len(shard.records), "n_tokens": result.n_tokens, "n_positions": result.n_positions}
+    stats = {"n_records": len(shard.records), "n_tokens": result.n_tokens, "n_positions": result.n_positions,
+             "n_chat": sum(1 for r in shard.records if reads_as_chat(r, options.text_as))}
     return writer.write_shard(shard.index, result.docs, tokens=result.tokens, rejects=rejects, stats=stats)
 
 

@@ -20,6 +20,10 @@ class EncodeOptions(BaseModel):
     max_tokens: int = Field(256, ge=1, description="truncate each record to its first N tokens")
     keep_first: bool = Field(False, description="aggregate position 0 too (attention-sink outliers)")
     span: Literal["all", "prompt", "response"] = Field("all", description="chat records: positions aggregated")
+    text_as: Literal["text", "user"] = Field(
+        "text", description="a plain-text record is read as it is, or as the user turn of a chat (its template "
+        "rendered; span as for conversations): encode a reference set of requests the way the chats it is compared "
+        "with are read")
     text_field: str = "text"
     id_field: str = "id"
     drop_text: bool = Field(False, description="leave the text / messages out of the pass-through columns")
@@ -36,7 +40,7 @@ class EncodeOptions(BaseModel):
         "reject", description="... is rejected (to rejects.jsonl, with its file and line), or tokenised whole and "
         "truncated to max_tokens like any record (memory grows with the record)")
 
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_tokens", "keep_first", "span", "text_field", "id_field", "drop_text",
+    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = ("max_tokens", "keep_first", "span", "text_as", "text_field", "id_field", "drop_text",
                                       "token_level", "shard_rows", "dtype", "split", "max_record_bytes", "long_records")
 
     def output_options(self) -> dict:

@@ -1,7 +1,8 @@
 """Token ids of a record and which positions count for its document (the `--span` of a chat conversation).
 
-Plain texts are tokenised as they are (the tokenizer's own special tokens included) and every position counts.
-Conversations are rendered with the tokenizer's chat template; `span` picks what counts:
+Plain texts are tokenised as they are (the tokenizer's own special tokens included) and every position counts —
+unless ``text_as="user"``: then a text is read as the user turn of a conversation, so a set of requests is encoded
+the way a chat model reads them (and the way the conversations it is compared with are read). Conversations are rendered with the tokenizer's chat template; `span` picks what counts:
 
 - ``all``: every token of the rendered conversation;
 - ``prompt``: the tokens before the final assistant turn's content (its ``<|im_start|>assistant`` header included),
@@ -26,6 +27,7 @@ import numpy as np
 from qscope_data.inputs import Record
 
 Span = Literal["all", "prompt", "response"]
+TextAs = Literal["text", "user"]
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
@@ -43,22 +45,29 @@ class TokenizedDoc:
         return int(self.aggregate.sum())
 
 
+def reads_as_chat(record: Record, text_as: TextAs = "text") -> bool:
+    """Whether a record goes through the chat template (a conversation, or a text read as a user turn)."""
+    return record.messages is not None or text_as == "user"
+
+
 def tokenize_records(
-    tokenizer, records: list[Record], *, max_tokens: int, span: Span = "all", keep_first: bool = False
+    tokenizer, records: list[Record], *, max_tokens: int, span: Span = "all", keep_first: bool = False,
+    text_as: TextAs = "text",
 ) -> list[TokenizedDoc | str]:
     """One `TokenizedDoc` per record, or the reason (a string) it cannot be tokenised."""
     out: list[TokenizedDoc | str | None] = [None] * len(records)
-    text_idx = [i for i, r in enumerate(records) if r.messages is None]
+    text_idx = [i for i, r in enumerate(records) if not reads_as_chat(r, text_as)]
     if text_idx:
         enc = tokenizer([records[i].text for i in text_idx], add_special_tokens=True, truncation=True,
                         max_length=max_tokens)
         for i, ids in zip(text_idx, enc["input_ids"]):
             out[i] = _finish(list(ids), np.ones(len(ids), dtype=bool), keep_first)
     for i, rec in enumerate(records):
-        if rec.messages is None:
+        if not reads_as_chat(rec, text_as):
             continue
+        messages = rec.messages if rec.messages is not None else [{"role": "user", "content": rec.text}]
         try:
-            ids, prompt, response = chat_spans(tokenizer, rec.messages)
+            ids, prompt, response = chat_spans(tokenizer, messages)
         except Exception as exc:  # a template that rejects this conversation: the record is rejected, the run goes on
             out[i] = f"chat template failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             continue

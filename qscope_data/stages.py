@@ -167,7 +167,7 @@ def encode_corpus(config: PipelineConfig, corpus: str, *, executor: Executor | N
 
     c, enc = config.corpora[corpus], config.encode
     options = EncodeOptions(
-        max_tokens=c.max_tokens, keep_first=c.keep_first, span=c.span, text_field=c.text_field, id_field=c.id_field,
+        max_tokens=c.max_tokens, keep_first=c.keep_first, span=c.span, text_as=c.text_as, text_field=c.text_field, id_field=c.id_field,
         drop_text=c.drop_text, token_level=c.token_level, batch_size=enc.batch_size, shard_rows=enc.shard_rows,
         device=config.model.device, dtype=config.model.dtype,
     )

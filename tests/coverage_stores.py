@@ -53,7 +53,8 @@ def docs_frame(docs: list[dict[str, Any]], extra: tuple[str, ...] = ("category",
 def make_store(
     root: Path, docs: list[dict[str, Any]], *, d_sae: int, layer: int = 3, source: str = "test-sae",
     extra: tuple[str, ...] = ("category", "lang", "source", "text"), tokens: list[dict[str, Any]] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> FeatureStore:
-    manifest = StoreManifest(saes=[SAEInfo(layer=layer, source=source, k=8, d_sae=d_sae, d_model=16)])
+    manifest = StoreManifest(saes=[SAEInfo(layer=layer, source=source, k=8, d_sae=d_sae, d_model=16)], stats=stats or {})
     token_tables = {layer: pa.Table.from_pylist(tokens, schema=TOKEN_SCHEMA)} if tokens is not None else None
     return write_store(root, {layer: docs_frame(docs, extra)}, manifest, tokens=token_tables)

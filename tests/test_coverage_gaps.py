@@ -110,6 +110,27 @@ def test_run_is_the_stage_entry_point(setup, tmp_path):
     assert {"report.md", "report.html"} <= set(result.outputs) and all(p.exists() for p in result.outputs.values())
 
 
+def test_a_reference_read_otherwise_than_the_target_is_named_in_the_report(setup, tmp_path):
+    """Features selected on plain texts and counted on chat prompts can be gaps only because of the rendering: the
+    report says so (from the stores' `n_chat` stat), and says nothing when both were read alike or one never recorded it."""
+    rng = random.Random(5)
+    docs = random_docs(rng, 40, d_sae=D_SAE, base_rate=0.015, prefix="c")
+
+    def warnings(ref_chat: int | None, target_chat: int | None, name: str) -> list[str]:
+        ref = make_store(tmp_path / f"ref-{name}", setup["ref_docs"], d_sae=D_SAE,
+                         stats=None if ref_chat is None else {"n_records": 120, "n_chat": ref_chat})
+        target = make_store(tmp_path / f"target-{name}", docs, d_sae=D_SAE,
+                            stats=None if target_chat is None else {"n_records": 40, "n_chat": target_chat})
+        report = compute_gaps(setup["inv"], target, reference=ref)
+        return [w for w in report.warnings if "rendering" in w]
+
+    mismatch = warnings(0, 40, "mismatch")
+    assert len(mismatch) == 1 and "as text" in mismatch[0] and "as chat" in mismatch[0] and "--text-as user" in mismatch[0]
+    assert "as mixed" in warnings(120, 12, "mixed")[0]
+    assert warnings(120, 40, "both-chat") == [] and warnings(0, 0, "both-text") == []
+    assert warnings(None, 40, "unrecorded") == []
+
+
 def test_categories_and_languages_add_up(setup):
     report = compute_gaps(setup["inv"], setup["target"], by=["lang"], min_docs=1).to_json()
     cov = report["coverage"]

@@ -172,6 +172,30 @@ def test_chat_span_aggregates_the_right_positions(span, tiny_model_dir, sae_dir)
     assert rows[2]["n_positions"] == {"all": rows[2]["n_tokens"] - 1, "prompt": rows[2]["n_tokens"] - 1, "response": 0}[span]
 
 
+def test_text_as_user_reads_a_text_as_the_user_turn_of_a_chat(tiny_model_dir, sae_dir, write_jsonl, tmp_path):
+    """`text_as: user` encodes a plain text exactly as the one-turn conversation holding it (the rendering the SFT
+    prompts it is compared with get), and the store records how many records went through the chat template."""
+    lm = load_model(str(tiny_model_dir("qwen3")))
+    saes = load_saes(str(sae_dir()), [1])
+    texts = ["How do I hack into my neighbour's wifi?", "A recipe for apple pie, please."]
+    as_text = iter_records_from([{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
+    as_chat = iter_records_from([{"id": f"t{i}", "messages": [{"role": "user", "content": t}]} for i, t in enumerate(texts)])
+    opts = EncodeOptions(span="prompt", text_as="user", batch_size=2)
+    users = featurize(lm, saes, as_text, opts)[1].to_pylist()
+    chats = featurize(lm, saes, as_chat, EncodeOptions(span="prompt", batch_size=2))[1].to_pylist()
+    plain = featurize(lm, saes, as_text, EncodeOptions(span="prompt", batch_size=2))[1].to_pylist()
+    for user, chat, raw in zip(users, chats, plain):
+        assert (user["n_tokens"], user["feature_ids"], user["max_acts"]) == (chat["n_tokens"], chat["feature_ids"], chat["max_acts"])
+        assert user["n_tokens"] > raw["n_tokens"]  # the template's turn markers around the same words
+    data = write_jsonl([{"id": "a", "text": texts[0]}, {"id": "b", "messages": [{"role": "user", "content": texts[1]}]}])
+    inputs = EncodeInputs(str(tiny_model_dir("qwen3")), str(sae_dir()), [str(data)], (1,))
+    stats = {}
+    for text_as in ("text", "user"):
+        store = encode_run(EncodeOptions(text_as=text_as), inputs, tmp_path / text_as, progress=False).artifact
+        stats[text_as] = (store.manifest.stats["n_records"], store.manifest.stats["n_chat"], store.manifest.options["text_as"])
+    assert stats == {"text": (2, 1, "text"), "user": (2, 2, "user")}
+
+
 def test_span_fallback_without_generation_markers_renders_prefixes(tiny_model_dir):
     from transformers import AutoTokenizer
 

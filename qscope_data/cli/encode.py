@@ -25,6 +25,7 @@ def encode(
     dtype: str = option(EncodeOptions, "dtype", "--dtype", help="auto | float32 | bfloat16 | float16"),
     keep_first: bool = option(EncodeOptions, "keep_first", "--keep-first", help="Aggregate position 0 too (attention-sink outliers)."),
     span: str = option(EncodeOptions, "span", "--span", help="Chat records: all | prompt | response positions."),
+    text_as: str = option(EncodeOptions, "text_as", "--text-as", help="Plain-text records: text (as they are) | user (as the user turn of a chat, via its template)."),
     token_level: bool = option(EncodeOptions, "token_level", "--token-level", help="Also write the per-position top-k table."),
     drop_text: bool = option(EncodeOptions, "drop_text", "--drop-text", help="Leave text / messages out of the store."),
     on_error: str = option(EncodeOptions, "on_error", "--on-error", help="skip: bad records go to rejects.jsonl; fail: exit 2 at the first."),
@@ -49,7 +50,7 @@ def encode(
     from qscope_data.errors import UsageError
 
     options = EncodeOptions(  # a bad value: one line naming the flag (cli.main)
-        max_tokens=max_tokens, keep_first=keep_first, span=span, text_field=text_field, id_field=id_field,
+        max_tokens=max_tokens, keep_first=keep_first, span=span, text_as=text_as, text_field=text_field, id_field=id_field,
         drop_text=drop_text, token_level=token_level, batch_size=batch_size, shard_rows=shard_rows,
         device=device, dtype=dtype, on_error=on_error, split=split, streaming=streaming,
         max_record_bytes=max_record_bytes, long_records=long_records,

@@ -199,6 +199,8 @@ def compute_gaps(
     coverage = _coverage_tables(inventory, features, by, doc_counts, min_docs)
     gap_feats = sorted((f for f in inventory.features if stats.get(f.id) is None or stats[f.id]["n"] < min_docs), key=gap_rank_key)
     ref_store, ref_info = _resolve_reference(inventory, reference, use_recorded_reference, layer, warnings)
+    if ref_store is not None:
+        warnings += rendering_mismatch(ref_store, [t for t in target_list if isinstance(t, FeatureStore)])
     examples = _reference_examples(ref_store, [f.id for f in gap_feats], layer, n_examples, max_example_chars, warnings) if ref_store else {}
     cov_by_id = {f.feature: f for f in features}
     gaps = [
@@ -292,6 +294,30 @@ def _target_frame(target: Target, layer: int | None, by: Sequence[str]) -> pl.La
 
 
 # -------------------------------------------------------------------------------------------------------- reference
+
+
+def rendering(store: FeatureStore) -> str | None:
+    """How a store read its records: `chat` (through the chat template: conversations, or texts encoded with
+    `text_as: user`), `text`, or `mixed`; None for a store that did not record it (written before `n_chat`)."""
+    n, chat = store.manifest.stats.get("n_records"), store.manifest.stats.get("n_chat")
+    if not n or chat is None:
+        return None
+    return "chat" if chat == n else "text" if chat == 0 else "mixed"
+
+
+def rendering_mismatch(reference: FeatureStore, targets: list[FeatureStore]) -> list[str]:
+    """Why: a feature selected on plain texts may hardly fire once the same words sit in a chat template, so it
+    would be a gap of the target only because the two were read differently — not because the target lacks the
+    concept. One warning per target whose rendering differs from the reference's."""
+    ref = rendering(reference)
+    out = []
+    for target in targets:
+        mine = rendering(target)
+        if ref is not None and mine is not None and mine != ref:
+            out.append(f"reference store {reference.root} read its records as {ref}, target {target.root} as {mine}: "
+                       "a feature can be a gap only because of the rendering (encode plain-text requests with "
+                       "--text-as user, or corpora.<name>.text_as: user)")
+    return out
 
 
 def _resolve_reference(

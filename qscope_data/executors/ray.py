@@ -85,7 +85,7 @@ def tokenize_shard(row: dict[str, Any], *, model: str, revision: str | None, tru
     opts = EncodeOptions(**options)
     records, rejects = pickle.loads(row["bytes"])
     tokenized = tokenize_records(_tokenizer(model, revision, trust_remote_code), records, max_tokens=opts.max_tokens,
-                                 span=opts.span, keep_first=opts.keep_first)
+                                 span=opts.span, keep_first=opts.keep_first, text_as=opts.text_as)
     return {"index": _index_of(row["path"]), "payload": pickle.dumps((records, rejects, tokenized), protocol=5)}
 
 
