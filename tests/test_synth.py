@@ -81,8 +81,10 @@ def test_a_feature_that_cannot_fire_is_rejected_on_every_attempt_and_reported(wo
     for r in rejected:
         assert r["attempts"] == ATTEMPTS and r["best_activation"] == 0.0
         assert [h["attempt"] for h in r["history"]] == [1, 2, 3]
-        # each attempt was verified and missed, or repeated an earlier candidate (then it was not worth encoding)
-        assert all(h["reason"] in ("below_threshold", "duplicate", "near_duplicate") for h in r["history"])
+        # each attempt was verified and missed, or was not worth encoding: it repeated an earlier candidate or a
+        # reference example, or the tiny random model wrote an empty answer
+        assert all(h["reason"] in ("below_threshold", "duplicate", "near_duplicate", "near_copy")
+                   or (h["reason"] == "generator_error" and "empty generation" in h["detail"]) for h in r["history"]), r["history"]
         assert all(h["activation"] == 0.0 for h in r["history"] if h["reason"] == "below_threshold")
     assert any(h["reason"] == "below_threshold" for r in rejected for h in r["history"])
     entry = next(f for f in summary.features if f["feature"] == DEAD)

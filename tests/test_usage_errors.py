@@ -44,7 +44,7 @@ CASES = {
     "generator": (lambda t: build_generator("lm?shots=many"),
                   "--generator lm: shots: Input should be a valid integer, unable to parse string as an integer "
                   "(got 'many'); its parameters: steer_alpha, positions, shots, max_new_tokens, response_tokens, "
-                  "temperature, top_p, repetition_penalty, batch_size, seed"),
+                  "temperature, top_p, repetition_penalty, penalize_prompt, keyword_bias, batch_size, seed"),
     "sasft plan": (lambda t: load_plan(_file(t, PLAN_FILE, f'{{"format": "{PLAN_FORMAT}", "version": {PLAN_VERSION}, '
                                                            '"layer": "top"}')),
                    "{t}/sasft.json: invalid SASFT plan: layer: Input should be a valid integer, unable to parse "

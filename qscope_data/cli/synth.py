@@ -45,6 +45,7 @@ def synth(
     out: Path = typer.Option(..., "--out", callback=folder_option, help="Output folder: accepted.jsonl/.parquet, rejected.jsonl, summary.json, store/."),
     threshold: float = option(SynthOptions, "threshold", "--threshold", help="Keep a sample only if its target feature's activation exceeds this (ε)."),
     max_attempts: int = option(SynthOptions, "max_attempts", "--max-attempts", help="Attempts per sample, each with feedback from the last."),
+    keywords: int = option(SynthOptions, "keywords", "--keywords", help="Words each gap fires on in its examples, named to the generator (0: none)."),
     languages: str = option(SynthOptions, "languages", "--languages", to_cli=",".join, help="Comma-separated language codes, spread over the samples."),
     verify: str = option(SynthOptions, "verify", "--verify", help="What must fire the feature: prompt | conversation."),
     features: str | None = option(SynthInputs, "features", "--features", help="Only these gap features (comma-separated ids)."),
@@ -85,7 +86,7 @@ def synth(
 
     settings: dict = dict(
         generator=generator, per_feature=per_feature, candidates=candidates, threshold=threshold,
-        max_attempts=max_attempts, languages=_split(languages) or [], verify=verify, max_features=max_features,
+        max_attempts=max_attempts, keywords=keywords, languages=_split(languages) or [], verify=verify, max_features=max_features,
         seed=seed, near_copy={"jaccard": near_copy_jaccard, "containment": near_copy_containment},
         fluency={"max_perplexity_ratio": max_perplexity_ratio, "max_repetition": max_repetition},
     )

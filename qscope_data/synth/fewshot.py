@@ -85,6 +85,8 @@ def header(target: GapTarget, lang: str) -> str:
         return f"Messages that users sent to an AI assistant, requests {kind}. Each line is a new message.\n"
     topic = target.label or target.category.replace("_", " ")
     about = f" about {topic}" + (f" ({target.description})" if target.description else "")
+    if target.keywords:
+        about += " (words: " + ", ".join(target.keywords) + ")"
     if target.label and target.category and target.category != target.label:
         about += f", category {target.category.replace('_', ' ')}"
     return (f"Messages{about} that users sent to an AI assistant, requests {kind}. Each line is a new message, "

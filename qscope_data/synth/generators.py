@@ -193,6 +193,10 @@ class _LocalGenerator:
     def _generate_kwargs(self, kind: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _keyword_bias(self, req: GenerationRequest) -> list[list] | None:
+        """transformers `sequence_bias` toward the target's firing words for this request (None: no bias)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "model": self.lm.describe(), **self.params.model_dump()}
 
@@ -201,18 +205,22 @@ class _LocalGenerator:
 
         results: dict[str, GenerationResult] = {}
         groups: dict[tuple[int | None, str], list[GenerationRequest]] = {}
-        for req in requests:  # one steering direction per group; a random-baseline target (feature < 0) is never steered
+        for req in requests:  # one steering direction and word bias per group; a random-baseline target (feature < 0)
+            # is never steered nor biased
             steered = self.params.steer_alpha != 0 and req.kind != "response" and req.slot.target.feature >= 0
-            groups.setdefault((req.slot.target.feature if steered else None, req.kind), []).append(req)
+            own = steered or self._keyword_bias(req) is not None
+            groups.setdefault((req.slot.target.feature if own else None, req.kind), []).append(req)
         p = self.params
         for (feature, kind), group in groups.items():
             prompts = [self._render(r) for r in group]
             seed = p.seed + _stable_int("|".join(r.id for r in group)) % (1 << 31)
             error: str | None = None
             try:
-                steering = self._steering(feature, prompts) if feature is not None else None
+                steered = feature is not None and p.steer_alpha != 0 and kind != "response"
+                steering = self._steering(feature, prompts) if steered else None
                 texts = generate(self.lm, prompts, temperature=p.temperature, top_p=p.top_p, seed=seed,
-                                 batch_size=p.batch_size, steering=steering, **self._generate_kwargs(kind))
+                                 batch_size=p.batch_size, steering=steering, sequence_bias=self._keyword_bias(group[0]),
+                                 **self._generate_kwargs(kind))
             except UsageError:
                 raise
             except Exception as exc:  # e.g. out of memory: every request of the group fails, the run goes on
@@ -277,6 +285,11 @@ class FewShotParams(BaseModel):
     temperature: float = Field(0.9, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.2, gt=0.0, description="a base model loops without it")
+    penalize_prompt: bool = Field(False, description="also penalise a request for the prompt's tokens (transformers' "
+                                                     "default; off: the shots' words are the concept's, and penalising "
+                                                     "them pushes the model off the topic). Responses always are")
+    keyword_bias: float = Field(0.0, ge=0.0, description="logit bonus for the words the target fires on in its "
+                                                         "examples (synth.keywords) while writing requests (0: off)")
     batch_size: int = Field(8, ge=1)
     seed: int = 0
 
@@ -314,7 +327,27 @@ class FewShotLMGenerator(_LocalGenerator):
     def _generate_kwargs(self, kind: str) -> dict[str, Any]:
         p = self.params
         return {"max_new_tokens": p.response_tokens if kind == "response" else p.max_new_tokens,
-                "repetition_penalty": p.repetition_penalty, "stop_at_newline": True, "add_special_tokens": True}
+                "repetition_penalty": p.repetition_penalty, "stop_at_newline": True, "add_special_tokens": True,
+                # a request may reuse its shots' words (they are the concept's); a response should not copy a shot
+                "penalize_prompt": p.penalize_prompt or kind == "response"}
+
+    def _keyword_bias(self, req: GenerationRequest) -> list[list] | None:
+        """For each firing phrase ("cheat on", "a fake"): the first token of its longest word (with and without a
+        leading space) gets `keyword_bias`, and so do that word's and the phrase's full token sequences once begun —
+        the model is nudged to name the concept, in its own sentence."""
+        phrases = req.slot.target.keywords
+        if not self.params.keyword_bias or req.kind != "prompt" or req.slot.target.feature < 0 or not phrases:
+            return None
+        seqs: dict[tuple[int, ...], None] = {}
+        for phrase in phrases:
+            word = max(phrase.split(), key=len)
+            for form in (word, " " + word, phrase, " " + phrase):
+                ids = tuple(self.lm.tokenizer(form, add_special_tokens=False)["input_ids"])
+                if ids:
+                    seqs[ids] = None
+                    if form.strip() == word:
+                        seqs[ids[:1]] = None
+        return [[list(ids), self.params.keyword_bias] for ids in seqs] or None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "residual_scale": self.scale}

@@ -28,6 +28,8 @@ class SynthOptions(BaseModel):
     candidates: int = Field(1, ge=1, description="prompts written per slot and attempt; the one whose prompt fires "
                                                  "the target feature most is answered and verified")
     threshold: float = Field(0.0, ge=0.0, description="kept only if the target feature's activation exceeds this")
+    keywords: int = Field(4, ge=0, description="words each gap feature fires on in its own examples, named to the "
+                                               "generator (synth.keywords; 0: none)")
     max_attempts: int = Field(3, ge=1)
     languages: list[str] = Field(default_factory=lambda: ["en"])
     verify: Literal["prompt", "conversation"] = "prompt"

@@ -56,6 +56,7 @@ class GapTarget:
     examples: tuple[str, ...]
     harmful: bool
     languages: tuple[str, ...] = ()  # the languages its reference documents are in, most documents first
+    keywords: tuple[str, ...] = ()  # words it fires on in its examples (synth.keywords), most examples first
 
     @classmethod
     def from_gap(cls, gap: Gap, benign_categories: tuple[str, ...] = BENIGN_CATEGORIES) -> "GapTarget":
@@ -157,6 +158,8 @@ def prompt_request(slot: Slot, attempt: int, feedback: str | None = None,
         concept = t.label or t.category
         parts.append(f"Concept: {concept}" + (f" — {t.description}" if t.description else ""))
         parts.append(f"Category: {t.category}")
+        if t.keywords:
+            parts.append("Words it fires on: " + ", ".join(t.keywords))
     if t.examples:
         parts.append("Texts that express it:\n" + _examples_block(t))
     if feedback:

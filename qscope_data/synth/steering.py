@@ -123,11 +123,16 @@ def generate(
     add_special_tokens: bool = False,
     repetition_penalty: float = 1.0,
     stop_at_newline: bool = False,
+    sequence_bias: list[list] | None = None,
+    penalize_prompt: bool = True,
 ) -> list[str]:
     """Continuations of `prompts` (new text only, special tokens dropped). Greedy when temperature is 0, else sampled
     with a fixed seed per batch, so a run is repeatable. Batches are left-padded (generation appends on the right).
     `stop_at_newline` ends each continuation at its first line break (few-shot prompts of a base model: one line
-    is one item), and returns that first line."""
+    is one item), and returns that first line. `sequence_bias`: transformers' `[[token ids], bias]` pairs, added to
+    the logit of a sequence's last token where the ids before it were just generated. `penalize_prompt=False`
+    applies `repetition_penalty` to the generated tokens only: a few-shot prompt's words are what the continuation
+    should be about, and penalising them pushes a small model off the topic."""
     require_causal(lm)
     tok = lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -142,8 +147,15 @@ def generate(
             batch = prompts[start:start + batch_size]
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
             sampling: dict = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-            if repetition_penalty != 1.0:
+            if repetition_penalty != 1.0 and penalize_prompt:
                 sampling["repetition_penalty"] = repetition_penalty
+            elif repetition_penalty != 1.0:
+                from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+                sampling["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(
+                    repetition_penalty, prompt_ignore_length=enc["input_ids"].shape[1])])
+            if sequence_bias:
+                sampling["sequence_bias"] = sequence_bias
             torch.manual_seed(seed + start)
             ctx = (steer(lm, steering.layer, steering.direction, steering.alpha, steering.positions)
                    if steering is not None and steering.alpha != 0 else nullcontext())

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,9 @@ from qscope_data.sae import SparseAutoencoder, load_sae
 from qscope_data.store import FeatureStore, SAEInfo, StoreManifest, write_store
 from qscope_data.synth.baseline import fired_gaps, load_pool, pool_source, run_random_baseline
 from qscope_data.synth.dedup import CandidateDedup
+from qscope_data.synth.fewshot import user_text
 from qscope_data.synth.fluency import FluencyCheck
+from qscope_data.synth.keywords import firing_words
 from qscope_data.synth.nearcopy import NearCopyCheck
 from qscope_data.synth.options import SynthInputs, SynthOptions
 from qscope_data.synth.output import (
@@ -202,6 +204,9 @@ def run(options: SynthOptions, inputs: SynthInputs, out: str | Path, *,
     if generator is None:
         generator = build_generator(options.generator, lm=lm, sae=sae, layer=layer, device=inputs.device,
                                     dtype=parse_dtype(encode.dtype))
+    if options.keywords:
+        targets = [replace(t, keywords=tuple(firing_words(lm, sae, layer, t.feature, [user_text(e) for e in t.examples],
+                                                          encode, top=options.keywords))) for t in targets]
     slots = plan_slots(targets, options.per_feature, options.languages, tuple(options.variants))
     supported = getattr(generator, "languages", None)  # a generator that is limited to some languages says so
     if supported:
@@ -614,6 +619,7 @@ def _feature_summaries(targets: list[GapTarget], states: dict[str, SlotState], s
         reasons = _count(h["reason"] for st in mine for h in st.history)
         out.append({
             "feature": t.feature, "category": t.category, "label": t.label, "harmful": t.harmful,
+            "keywords": list(t.keywords),
             "requested": len(mine), "accepted": len(acts), "rejected": len(mine) - len(acts), "attempts": attempts,
             "acceptance_rate": _rate(len(acts), attempts), "fill_rate": _rate(len(acts), len(mine)),
             "failed_attempts": reasons,
