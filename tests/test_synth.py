@@ -59,7 +59,8 @@ def test_every_accepted_sample_fires_its_target_when_reencoded(world, run, tmp_p
         assert row["activation"] > THRESHOLD and row["lang"] in ("en", "fr", "zh")
         if row["category"] != "benign":  # a harmful prompt is answered with a refusal, whatever the LM wrote
             assert templates.is_refusal(row["messages"][-1]["content"]), row
-            assert row["response"] in ("generated", "template refusal (the generated answer did not refuse)")
+            assert row["response"] in ("generated", "template refusal (the generated answer did not refuse)",
+                                       "template refusal (the generated answer was in another language)")
     # Re-encode the accepted file through the encode CLI, span = prompt (what was verified).
     store_dir = tmp_path / "reencoded"
     code, _, err = qscope("encode", "--model", world.model, "--sae", world.sae, "--layer", LAYER, "--input",
@@ -219,3 +220,13 @@ def test_refusal_markers_recognise_refusals_and_not_compliance():
     assert not templates.is_refusal("当然也可以把这个枪的电击枪放在你的手里面。")
     for lang in templates.REFUSALS:
         assert all(templates.is_refusal(templates.refusal(lang, "x", i)) for i in range(3))
+
+
+def test_a_sample_takes_the_language_its_request_is_written_in():
+    """Asked for Spanish, a small model may write Russian: the answer, a template refusal and `lang` follow the text."""
+    from qscope_data.synth.requests import written_language
+
+    assert written_language("Я должен синтезировать фентанил в лаборатории, чтобы он мне помог.", "es") == "ru"
+    assert written_language("How to create a fake invoice without giving me money?", "es") == "en"
+    assert written_language("¿Cómo puedo crear una factura falsa para engañar a Hacienda?", "en") == "es"
+    assert written_language("12345 ???", "fr") == "fr"  # no evidence: the language asked for

@@ -22,7 +22,7 @@ from qscope_data.synth.dedup import CandidateDedup
 from qscope_data.synth.fewshot import user_text
 from qscope_data.synth.fluency import FluencyCheck
 from qscope_data.synth.nearcopy import NearCopyCheck, NearCopyOptions
-from qscope_data.synth.requests import GapTarget, Slot, prompt_request, response_request
+from qscope_data.synth.requests import GapTarget, Slot, prompt_request, response_request, written_language
 from qscope_data.synth.verify import Candidate, Verifier
 
 RANDOM_FEATURE = -1  # a baseline slot's target: none
@@ -118,7 +118,8 @@ def run_random_baseline(n: int, pool: list[str], languages: list[str], generate:
         prompts[slot.id], novelty[slot.id] = res.text, verdict.novelty
     answer = [s for s in slots if s.id in prompts]
     candidates: list[tuple[Slot, Candidate]] = []
-    for slot, res in zip(answer, generate([response_request(s, 1, prompts[s.id]) for s in answer])):
+    langs = {s.id: written_language(prompts[s.id], s.lang) for s in answer}
+    for slot, res in zip(answer, generate([response_request(s, 1, prompts[s.id], langs[s.id]) for s in answer])):
         if not res.ok:
             reject(slot, "generator_error", f"response: {res.error}", prompts[slot.id])
             continue
@@ -140,7 +141,7 @@ def run_random_baseline(n: int, pool: list[str], languages: list[str], generate:
                    novelty=novelty[slot.id])
             continue
         covered |= set(fired)
-        out.accepted.append({"id": slot.id, "messages": cand.messages, "lang": slot.lang, "fired_gaps": fired,
+        out.accepted.append({"id": slot.id, "messages": cand.messages, "lang": langs[slot.id], "fired_gaps": fired,
                              "novelty": novelty[slot.id]})
     out.covered = sorted(covered)
     return out

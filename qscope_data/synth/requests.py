@@ -182,8 +182,18 @@ def rewrite_request(slot: Slot, attempt: int, prompt: str, candidate: int = 0) -
     return GenerationRequest(rid, "rewrite", messages, slot, attempt, prompt)
 
 
-def response_request(slot: Slot, attempt: int, prompt: str) -> GenerationRequest:
-    lang = language_name(slot.lang)
+def written_language(text: str, fallback: str) -> str:
+    """The language a request was actually written in (the project's detector: script, then stopwords for en/de/
+    fr/es), else `fallback`. Why: a small model asked for Spanish may write Russian; its answer, the refusal that
+    may replace it and the sample's `lang` must follow what the user turn says, not what was asked for."""
+    from qscope_data.sasft.langdetect import detect
+
+    return detect(text).dominant or fallback
+
+
+def response_request(slot: Slot, attempt: int, prompt: str, lang_code: str | None = None) -> GenerationRequest:
+    """The request for the answer to `prompt`, in `lang_code` (default: the slot's language)."""
+    lang = language_name(lang_code or slot.lang)
     if slot.target.harmful:
         system = ("You are a safe and helpful assistant. The user's request asks for harmful help: refuse it. Say "
                   f"briefly that you cannot help and why, and offer a safe alternative. Answer in {lang}.")

@@ -74,6 +74,7 @@ from qscope_data.synth.requests import (
     prompt_request,
     response_request,
     rewrite_request,
+    written_language,
 )
 from qscope_data.synth.verify import Candidate, Verifier, verify_options
 from qscope_data.torch_dtypes import parse_dtype
@@ -97,6 +98,7 @@ class SlotState:
     novelty: float | None = None  # of the accepted prompt, against the target's reference examples
     fired: dict[int, float] = field(default_factory=dict)  # gap features the accepted sample fires
     response_source: str = "generated"  # or a template refusal when the generated answer to a harmful ask did not refuse
+    lang: str = ""  # the language the last prompt was written in (requests.written_language), "" before one
 
     @property
     def attempts(self) -> int:
@@ -388,16 +390,22 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
             st.fail(attempt, cid, dup.kind, f"prompt repeats candidate {dup.of} (similarity {dup.similarity:.3f})")
 
     answer = [st for st in pending if st.slot.id in prompts]
+    for st in answer:
+        st.lang = written_language(prompts[st.slot.id], st.slot.lang)
     candidates: list[tuple[SlotState, Candidate]] = []
-    for st, res in zip(answer, _generate(generator, [response_request(st.slot, attempt, prompts[st.slot.id]) for st in answer], bar)):
+    requests = [response_request(st.slot, attempt, prompts[st.slot.id], st.lang) for st in answer]
+    for st, res in zip(answer, _generate(generator, requests, bar)):
         cid = candidate_id(st.slot, attempt)
         if not res.ok:
             st.fail(attempt, cid, "generator_error", f"response: {res.error}")
             continue
         response, st.response_source = res.text, "generated"
         if st.slot.target.harmful and not templates.is_refusal(response):
-            response = templates.refusal(st.slot.lang, st.slot.target.concept, attempt)
+            response = templates.refusal(st.lang, st.slot.target.concept, attempt)
             st.response_source = "template refusal (the generated answer did not refuse)"
+        elif st.slot.target.harmful and written_language(response, st.lang) != st.lang:
+            response = templates.refusal(st.lang, st.slot.target.concept, attempt)
+            st.response_source = "template refusal (the generated answer was in another language)"
         messages = [{"role": "user", "content": prompts[st.slot.id]}, {"role": "assistant", "content": response}]
         st.last_candidate = messages
         candidates.append((st, Candidate(cid, messages, st.slot.target.feature)))
@@ -455,7 +463,7 @@ def _accepted_row(st: SlotState, cand: Candidate, activation: float, attempt: in
     s = st.slot
     return {
         "id": s.id, "messages": cand.messages, "target_feature": s.target.feature, "category": s.target.category,
-        "lang": s.lang, "generator": generator, "attempts": attempt, "activation": round(float(activation), 6),
+        "lang": st.lang or s.lang, "generator": generator, "attempts": attempt, "activation": round(float(activation), 6),
         "verified": verified, "variant": s.variant, "label": s.target.label, "threshold": threshold,
         "response": st.response_source,
     }
