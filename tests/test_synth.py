@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from qscope_data.sasft.langdetect import detect
 from qscope_data.synth import templates
 
 from cli_inprocess import qscope
@@ -56,7 +57,9 @@ def test_every_accepted_sample_fires_its_target_when_reencoded(world, run, tmp_p
     for row in accepted:
         assert row["messages"][-1]["role"] == "assistant" and row["messages"][0]["role"] == "user"
         assert row["generator"].startswith("lm:") and row["verified"] == "prompt" and 1 <= row["attempts"] <= ATTEMPTS
-        assert row["activation"] > THRESHOLD and row["lang"] in ("en", "fr", "zh")
+        assert row["activation"] > THRESHOLD
+        written = detect(row["messages"][0]["content"]).dominant  # the tiny random model writes any script
+        assert row["lang"] == written if written else row["lang"] in ("en", "fr", "zh")
         if row["category"] != "benign":  # a harmful prompt is answered with a refusal, whatever the LM wrote
             assert templates.is_refusal(row["messages"][-1]["content"]), row
             assert row["response"] in ("generated", "template refusal (the generated answer did not refuse)",
