@@ -89,6 +89,21 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
     assert manifest["kind"] == "qscope-curated-sft"
     synth = json.loads((out / "synth" / "summary.json").read_text())
     assert "coverage" in synth
+    # the bar: targeted synthesis covers ≥ 95% of the demo's gaps, the random baseline measured beside it
+    # with the same number of candidates (whatever it reaches)
+    targeted, random = synth["comparison"]["targeted"], synth["comparison"]["random"]
+    assert targeted["gap_coverage"]["fraction"] >= 0.95, targeted["gap_coverage"]
+    assert random["candidates"] == targeted["candidates"] and random["gap_coverage"]["total"] == targeted["gap_coverage"]["total"]
+    assert not [w for w in gaps_warnings(out) if "rendering" in w]  # the inventory is read as the SFT prompts are
+    # a sample's language is the one its user turn is written in (Gemma asked for Spanish may write Russian), and
+    # the refusal answering it follows
+    from qscope_data.sasft.langdetect import detect
+    from qscope_data.synth.output import load_synthetic
+
+    for sample in load_synthetic(out / "synth").samples:
+        user, answer = sample.messages[0]["content"], sample.messages[-1]["content"]
+        assert detect(user).dominant in (None, sample.lang), (sample.lang, user)
+        assert detect(answer).dominant in (None, sample.lang), (sample.lang, answer)  # every demo gap is harmful
     assert_no_user_turn_copies_the_corpus(out / "synth")
     gaps = json.loads((out / "gaps" / "gaps.json").read_text())
     assert gaps["min_docs"] == 1
@@ -105,12 +120,16 @@ def test_demo_runs_every_stage_and_leaves_report_and_shards(tmp_path, gemma_dir)
         from qscope_data.store import FeatureStore
 
         first = json.loads((out / "report" / "features" / "features.json").read_text())["features"][0]["feature"]
-        texts = FeatureStore(out / "stores" / "texts")
+        texts = FeatureStore(out / "stores" / "requests")
         tokens = texts.scan_tokens(texts.layers[0]).collect()
         page = out / "report" / "features" / f"feature-{first}.html"
         assert check_feature_page(page, tokens, first, AutoTokenizer.from_pretrained(gemma_dir), tmp_path) >= 1
     assert_logit_lens_is_gemmas_unembedding(out / "report" / "features" / "features.json", gemma_dir)
     assert "converting" not in run.stderr  # the session's converted model was reused
+
+
+def gaps_warnings(out: Path) -> list[str]:
+    return json.loads((out / "gaps" / "gaps.json").read_text())["warnings"]
 
 
 def assert_no_user_turn_copies_the_corpus(synth_dir: Path) -> None:

@@ -94,7 +94,7 @@ def run_demo(out: str | Path = "qscope-demo", *, progress: bool = True, log=prin
     from qscope_data.synth.output import ACCEPTED_JSONL, load_synth_summary
 
     dashboards = out / "report" / "features"
-    explained = run_explain(ExplainOptions(features=where.store("texts"), inventory=where.inventory, out=dashboards))
+    explained = run_explain(ExplainOptions(features=where.store("requests"), inventory=where.inventory, out=dashboards))
     gap_report = load_gaps(where.gaps / GAPS_JSON)
     write_gap_report(gap_report, where.gaps, dashboard=dashboards)
     summary.gaps = gap_report.to_json()
