@@ -161,7 +161,7 @@ def test_synth(tiny_model_dir, tmp_path):
 
     assert samples(piped) == samples(tmp_path / "cli") and samples(piped), "the generator fills some slots"
     ours, theirs = load_synth_summary(piped), load_synth_summary(tmp_path / "cli")
-    assert ours["totals"]["accepted"] >= 2
+    assert ours["totals"]["accepted"] >= 1  # a random tiny model: some, not a rate
     for summary in (ours, theirs):
         del summary["coverage"]["store"]  # its own output folder's store/
     for key in ("totals", "coverage", "features", "generator", "model", "sae", "layer", "threshold", "verify",
