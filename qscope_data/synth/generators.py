@@ -312,6 +312,7 @@ class FewShotLMGenerator(_LocalGenerator):
         if self.params.steer_alpha:
             self.name += f"+steer(α={self.params.steer_alpha:g}×median‖h‖,{self.params.positions})"
         self.scale: float | None = None  # the block's median residual norm, measured on the first steered prompts
+        self._bias_cache: dict[tuple[str, ...], list[list] | None] = {}  # firing words → sequence_bias (tokenised once)
 
     def _render(self, req: GenerationRequest) -> str:
         return request_text(req, self.params.shots)
@@ -335,9 +336,14 @@ class FewShotLMGenerator(_LocalGenerator):
         """For each firing phrase ("cheat on", "a fake"): the first token of its longest word (with and without a
         leading space) gets `keyword_bias`, and so do that word's and the phrase's full token sequences once begun —
         the model is nudged to name the concept, in its own sentence."""
-        phrases = req.slot.target.keywords
-        if not self.params.keyword_bias or req.kind != "prompt" or req.slot.target.feature < 0 or not phrases:
+        target = req.slot.target
+        if not self.params.keyword_bias or req.kind != "prompt" or target.feature < 0 or not target.keywords:
             return None
+        if target.keywords not in self._bias_cache:  # asked per request (grouping) and per group: tokenise once
+            self._bias_cache[target.keywords] = self._sequence_bias(target.keywords)
+        return self._bias_cache[target.keywords]
+
+    def _sequence_bias(self, phrases: tuple[str, ...]) -> list[list] | None:
         seqs: dict[tuple[int, ...], None] = {}
         for phrase in phrases:
             word = max(phrase.split(), key=len)

@@ -400,12 +400,14 @@ def _attempt_round(pending: list[SlotState], attempt: int, generator: Generator,
             st.fail(attempt, cid, "generator_error", f"response: {res.error}")
             continue
         response, st.response_source = res.text, "generated"
+        why = None
         if st.slot.target.harmful and not templates.is_refusal(response):
-            response = templates.refusal(st.lang, st.slot.target.concept, attempt)
-            st.response_source = "template refusal (the generated answer did not refuse)"
+            why = "did not refuse"
         elif st.slot.target.harmful and written_language(response, st.lang) != st.lang:
+            why = "was in another language"
+        if why:
             response = templates.refusal(st.lang, st.slot.target.concept, attempt)
-            st.response_source = "template refusal (the generated answer was in another language)"
+            st.response_source = f"template refusal (the generated answer {why})"
         messages = [{"role": "user", "content": prompts[st.slot.id]}, {"role": "assistant", "content": response}]
         st.last_candidate = messages
         candidates.append((st, Candidate(cid, messages, st.slot.target.feature)))
